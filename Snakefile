@@ -1,0 +1,30 @@
+# gmnr pipeline for Snakemake. The stages themselves are defined once, in dvc.yaml
+# (commands, deps, params, outs); workflow/rules/stages.smk turns each into a rule.
+#   snakemake --cores all                          # the demo, or whatever params.yaml selects
+#   snakemake --cores all --config dataset=ffhq256 # another dataset, one value
+#   snakemake --profile workflow/profiles/slurm    # on a SLURM cluster
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from snakemake.utils import validate
+
+configfile: "params.yaml"
+
+sys.path.insert(0, workflow.basedir)
+from gmnr.config import ParamsError, validate as validate_params
+
+try:
+    PARAMS = validate_params(config, "params (params.yaml + --config)")
+except ParamsError as err:
+    sys.stderr.write(f"gmnr: {err}\n")
+    sys.exit(2)
+validate(config, "workflow/schemas/params.schema.json")
+
+# Jobs run `python -m gmnr ...`: without --use-conda that must be the Python running Snakemake.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# One id ties the MLflow runs of this invocation together (jobs inherit the environment).
+os.environ.setdefault("GMNR_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
+
+include: "workflow/rules/stages.smk"

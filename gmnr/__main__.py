@@ -1,0 +1,5 @@
+import sys
+
+from gmnr.cli import main
+
+sys.exit(main())

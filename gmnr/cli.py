@@ -1,0 +1,109 @@
+"""``gmnr`` command line: one subcommand per pipeline stage.
+
+Every path option defaults to where params.yaml puts it for the selected dataset, so
+``gmnr landmarks`` inside the pipeline and ``gmnr landmarks --input my_faces/ --output out/`` by
+hand run the same code. Params are validated before anything is read or written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from gmnr.config import ParamsError, load_params, write_schema
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=None, help="params file (default: the project's params.yaml)")
+    common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, as in `dvc exp run -S` (repeatable), e.g. -S synth.count=50")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+
+    parser = argparse.ArgumentParser(prog="gmnr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("params", parents=[common], help="validate params and print them resolved")
+    p.add_argument("--write-schema", action="store_true", help="regenerate workflow/schemas/params.schema.json")
+
+    p = sub.add_parser("source", parents=[common],
+                       help="the pipeline's first stage: `synth` for dataset=demo, else `download`")
+    p.add_argument("--output", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+
+    p = sub.add_parser("synth", parents=[common], help="render the procedural demo dataset")
+    p.add_argument("--output", type=Path, help="default: <paths.raw>/demo")
+
+    p = sub.add_parser("download", parents=[common], help="download (or take --from) a registry dataset")
+    p.add_argument("--output", type=Path, help="default: <paths.raw>/<dataset>")
+    p.add_argument("--downloads", type=Path, help="archive cache (default: <paths.downloads>)")
+    p.add_argument("--from", dest="from_dir", help="use archives/images you already have in this folder")
+
+    p = sub.add_parser("landmarks", parents=[common], help="MTCNN boxes + 5 landmarks for every image")
+    p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+    p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>")
+
+    p = sub.add_parser("pose", parents=[common], help="head pose per image (builtin PnP or Deep3DFaceRecon)")
+    p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+    p.add_argument("--landmarks", type=Path, help="default: <paths.interim>/<dataset>/landmarks.csv")
+    p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>")
+
+    p = sub.add_parser("pack", parents=[common], help="training images + dataset.json camera labels")
+    p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+    p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
+    p.add_argument("--output", type=Path, help="default: <paths.processed>/<dataset>")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> dict | None:
+    params = load_params(args.params, args.overrides)
+    progress = not args.no_progress
+    from gmnr import stages
+
+    if args.command == "params":
+        if args.write_schema:
+            print(f"wrote {write_schema()}")
+        print(json.dumps(params.model_dump(mode="json"), indent=2))
+        return None
+    if args.command in ("source", "synth", "download"):
+        output = args.output or params.raw_dir()
+        if args.command == "synth" or (args.command == "source" and params.dataset == "demo"):
+            if args.command == "synth" and args.output is None:
+                output = Path(params.paths.raw) / "demo"
+            return stages.run_synth(params, output, progress)
+        if params.dataset == "demo":
+            raise ParamsError("dataset 'demo' is generated, not downloaded: use `gmnr synth`")
+        downloads = getattr(args, "downloads", None) or Path(params.paths.downloads)
+        from_dir = getattr(args, "from_dir", None) or params.download.from_dir
+        return stages.run_download(params, output, downloads, from_dir, progress)
+    image_dir = args.input or params.raw_dir()
+    if args.command == "landmarks":
+        return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), progress)
+    if args.command == "pose":
+        landmarks = args.landmarks or params.interim_dir() / "landmarks.csv"
+        return stages.run_pose(params, image_dir, landmarks, args.output or params.interim_dir(), progress)
+    if args.command == "pack":
+        poses = args.poses or params.interim_dir() / "poses.csv"
+        return stages.run_pack(params, image_dir, poses, args.output or params.processed_dir(), progress)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = _dispatch(args)
+    except (ParamsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        if os.environ.get("GMNR_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"gmnr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    if report:
+        brief = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+        print(json.dumps(brief, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""dvc.yaml as the single description of the pipeline, read by the Snakefile.
+
+DVC interpolates ``${key}`` from params.yaml; :func:`load_stages` does the same from the
+Snakemake config (params.yaml plus ``--config`` overrides), so both engines see the same
+commands, dependencies, params and outputs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_VAR = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
+
+
+def lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"dvc.yaml refers to '{dotted}', which params do not define")
+        node = node[part]
+    return node
+
+
+def interpolate(text: str, config: dict[str, Any]) -> str:
+    return _VAR.sub(lambda m: str(lookup(config, m.group(1))), text)
+
+
+def _paths(entries: list) -> list[str]:
+    """dvc.yaml lists entries as plain strings or as one-key mappings with options."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def is_directory(path: str) -> bool:
+    """Our convention in dvc.yaml: an output without a file suffix is a folder."""
+    return Path(path).suffix == ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str
+    deps: list[str]
+    params: list[str]
+    outs: list[str]
+    metrics: list[str]
+    threads: int = 1
+    conda: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def param_values(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The values of exactly the params this stage reads (Snakemake reruns when they change)."""
+        return {key: lookup(config, key) for key in self.params}
+
+
+def load_stages(dvc_yaml: Path, config: dict[str, Any]) -> dict[str, Stage]:
+    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    stages = {}
+    for name, raw in spec["stages"].items():
+        meta = (raw.get("meta") or {}).get("snakemake", {})
+        stages[name] = Stage(
+            name=name,
+            cmd=interpolate(raw["cmd"], config),
+            deps=[interpolate(p, config) for p in _paths(raw.get("deps"))],
+            params=_paths(raw.get("params")),
+            outs=[interpolate(p, config) for p in _paths(raw.get("outs"))],
+            metrics=[interpolate(p, config) for p in _paths(raw.get("metrics"))],
+            threads=int(meta.get("threads", 1)),
+            conda=meta.get("conda"),
+            resources=dict(meta.get("resources", {})),
+        )
+    return stages

@@ -1,0 +1,38 @@
+# One rule per dvc.yaml stage. Inputs are the stage's deps, outputs its outs and metrics,
+# and `params.values` holds exactly the params the stage reads, so changing one reruns that
+# stage (and, through its outputs, the stages after it) but never the stages before it.
+from gmnr.pipeline_spec import is_directory, load_stages
+
+STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml", config)
+
+
+def _outputs(stage):
+    return [directory(p) if is_directory(p) else p for p in stage.outs] + stage.metrics
+
+
+rule all:
+    input:
+        [p for stage in STAGES.values() for p in stage.outs + stage.metrics],
+    default_target: True
+
+
+for _stage in STAGES.values():
+
+    rule:
+        name: _stage.name
+        input: _stage.deps
+        output: _outputs(_stage)
+        params:
+            cmd=_stage.cmd,
+            values=_stage.param_values(config),
+        log: f"logs/{config['dataset']}/{_stage.name}.log"
+        threads: _stage.threads
+        resources: **_stage.resources
+        conda: _stage.conda
+        shell: "{params.cmd} 2>&1 | tee {log}"
+
+
+onsuccess:
+    # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it.
+    if Path(workflow.basedir, ".dvc").is_dir():
+        shell("cd {workflow.basedir} && dvc commit --force --quiet || echo 'gmnr: dvc commit failed; dvc status may show changes'")
