@@ -27,4 +27,16 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 # One id ties the MLflow runs of this invocation together (jobs inherit the environment).
 os.environ.setdefault("GMNR_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
 
+from gmnr.pipeline_spec import load_stages
+
+STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml", config)
+
+
+
+rule all:
+    input:
+        [p for stage in STAGES.values() for p in stage.outs + stage.metrics],
+    default_target: True
+
+
 include: "workflow/rules/stages.smk"

@@ -1,19 +1,12 @@
 # One rule per dvc.yaml stage. Inputs are the stage's deps, outputs its outs and metrics,
 # and `params.values` holds exactly the params the stage reads, so changing one reruns that
 # stage (and, through its outputs, the stages after it) but never the stages before it.
-from gmnr.pipeline_spec import is_directory, load_stages
-
-STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml", config)
+# STAGES comes from the Snakefile (gmnr.pipeline_spec.load_stages on dvc.yaml).
+from gmnr.pipeline_spec import is_directory
 
 
 def _outputs(stage):
     return [directory(p) if is_directory(p) else p for p in stage.outs] + stage.metrics
-
-
-rule all:
-    input:
-        [p for stage in STAGES.values() for p in stage.outs + stage.metrics],
-    default_target: True
 
 
 for _stage in STAGES.values():
