@@ -8,18 +8,27 @@ import sys
 import uuid
 from pathlib import Path
 
-from snakemake.utils import validate
+import yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
 
 configfile: "params.yaml"
 
 sys.path.insert(0, workflow.basedir)
 from gmnr.config import ParamsError, validate as validate_params
 
+# The validated, typed values replace the raw ones: `--config 'synth={count: 50}'` hands
+# nested values over as strings.
 try:
     PARAMS = validate_params(config, "params (params.yaml + --config)")
 except ParamsError as err:
     sys.stderr.write(f"gmnr: {err}\n")
     sys.exit(2)
+config.clear()
+config.update(PARAMS.model_dump(mode="json"))
+# What params.yaml alone says; stages get `-S key=value` for what --config changed.
+BASE_CONFIG = validate_params(yaml.safe_load(Path(workflow.basedir, "params.yaml").read_text())).model_dump(mode="json")
 validate(config, "workflow/schemas/params.schema.json")
 
 # Jobs run `python -m gmnr ...`: without --use-conda that must be the Python running Snakemake.
@@ -30,7 +39,6 @@ os.environ.setdefault("GMNR_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
 from gmnr.pipeline_spec import load_stages
 
 STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml", config)
-
 
 
 rule all:
