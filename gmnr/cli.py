@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, as in `dvc exp run -S` (repeatable), e.g. -S synth.count=50")
     common.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    common.add_argument("--reports", type=Path, help="stage report folder (default: <paths.reports>/<dataset>)")
 
     parser = argparse.ArgumentParser(prog="gmnr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> dict | None:
     params = load_params(args.params, args.overrides)
     progress = not args.no_progress
+    reports = args.reports or params.reports_dir()
     from gmnr import stages
 
     if args.command == "params":
@@ -71,21 +73,21 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         if args.command == "synth" or (args.command == "source" and params.dataset == "demo"):
             if args.command == "synth" and args.output is None:
                 output = Path(params.paths.raw) / "demo"
-            return stages.run_synth(params, output, progress)
+            return stages.run_synth(params, output, reports, progress)
         if params.dataset == "demo":
             raise ParamsError("dataset 'demo' is generated, not downloaded: use `gmnr synth`")
         downloads = getattr(args, "downloads", None) or Path(params.paths.downloads)
         from_dir = getattr(args, "from_dir", None) or params.download.from_dir
-        return stages.run_download(params, output, downloads, from_dir, progress)
+        return stages.run_download(params, output, reports, downloads, from_dir, progress)
     image_dir = args.input or params.raw_dir()
     if args.command == "landmarks":
-        return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), progress)
+        return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)
     if args.command == "pose":
         landmarks = args.landmarks or params.interim_dir() / "landmarks.csv"
-        return stages.run_pose(params, image_dir, landmarks, args.output or params.interim_dir(), progress)
+        return stages.run_pose(params, image_dir, landmarks, args.output or params.interim_dir(), reports, progress)
     if args.command == "pack":
         poses = args.poses or params.interim_dir() / "poses.csv"
-        return stages.run_pack(params, image_dir, poses, args.output or params.processed_dir(), progress)
+        return stages.run_pack(params, image_dir, poses, args.output or params.processed_dir(), reports, progress)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -29,7 +29,7 @@ def _skipped(table, columns=("file", "status", "error")) -> list[dict]:
     return bad[cols].head(MAX_LISTED).fillna("").to_dict(orient="records")
 
 
-def run_synth(params: Params, output: Path, progress: bool = True) -> dict:
+def run_synth(params: Params, output: Path, reports: Path, progress: bool = True) -> dict:
     import torch
 
     from gmnr.data import synth
@@ -46,9 +46,9 @@ def run_synth(params: Params, output: Path, progress: bool = True) -> dict:
                 if f.stem not in expected:
                     f.unlink()
         report = {"stage": "synth", **summary}
-        write_json(report, Path(params.reports_dir()) / "source.json")
+        write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        _log_sample_sheet(run, output / "images", Path(params.reports_dir()) / "synth_samples.png")
+        _log_sample_sheet(run, output / "images", reports / "synth_samples.png")
         run.log_artifact(output / "meta.json")
     return report
 
@@ -61,20 +61,21 @@ def _log_sample_sheet(run, image_dir: Path, out_path: Path, n: int = 24) -> None
         run.log_artifact(out_path)
 
 
-def run_download(params: Params, output: Path, downloads: Path, from_dir: str | None, progress: bool = True) -> dict:
+def run_download(params: Params, output: Path, reports: Path, downloads: Path, from_dir: str | None,
+                 progress: bool = True) -> dict:
     from gmnr.data.download import prepare_dataset
     with stage_run("download", params, ("download",)) as run:
         summary = prepare_dataset(params.dataset, output, downloads, Path(from_dir) if from_dir else None,
                                   progress=progress, retries=params.download.retries,
                                   timeout_s=params.download.timeout_s)
         report = {"stage": "download", "dataset": params.dataset, **summary}
-        write_json(report, Path(params.reports_dir()) / "source.json")
+        write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.log_artifact(output / "manifest.json")
     return report
 
 
-def run_landmarks(params: Params, image_dir: Path, output: Path, progress: bool = True) -> dict:
+def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, progress: bool = True) -> dict:
     from gmnr.preprocess import landmarks as lm
     settings = lm.DetectorSettings(params.landmarks.min_confidence, params.landmarks.min_face_size,
                                    params.landmarks.batch_size)
@@ -88,7 +89,6 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, progress: bool 
             lm.export_keypoint_txt(table, output / "detections")
         summary = lm.summarize(table, seconds, _ground_truth(image_dir))
         report = {"stage": "landmarks", **summary, "skipped": _skipped(table)}
-        reports = Path(params.reports_dir())
         write_json(report, reports / "landmarks.json")
         run.log_metrics(summary)
         run.log_dict({"skipped": report["skipped"]}, "skipped.json")
@@ -96,7 +96,8 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, progress: bool 
     return report
 
 
-def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path, progress: bool = True) -> dict:
+def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path, reports: Path,
+             progress: bool = True) -> dict:
     from gmnr.preprocess import pose
     cam = params.camera()
     camera = pose.CameraModel(cam.fov_deg, cam.radius, tuple(cam.center))
@@ -108,7 +109,6 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
             poses = pose.deep3d_poses(params.pose.deep3dfacerecon_root, image_dir, table, camera, output)
         write_csv(poses, output / "poses.csv", float_format="%.8g")
         summary = pose.summarize(poses, _ground_truth(image_dir))
-        reports = Path(params.reports_dir())
         report = {"stage": "pose", "backend": params.pose.backend, **summary, "skipped": _skipped(poses)}
         write_json(report, reports / "pose.json")
         run.set_tags({"pose_backend": params.pose.backend})
@@ -118,7 +118,8 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     return report
 
 
-def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, progress: bool = True) -> dict:
+def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, reports: Path,
+             progress: bool = True) -> dict:
     from gmnr.preprocess.pack import pack_dataset
     cam = params.camera()
     poses = read_csv(poses_csv, "poses table (gmnr pose)")
@@ -126,7 +127,6 @@ def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, pro
         summary = pack_dataset(image_dir, poses, output, params.pack.resolution, cam.fov_deg,
                                cam.model_dump(mode="json"), params.pack.max_abs_yaw_deg, progress=progress)
         report = {"stage": "pack", **summary}
-        reports = Path(params.reports_dir())
         write_json(report, reports / "pack.json")
         run.log_metrics(summary)
         _log_sample_sheet(run, output / "images", reports / "pack_samples.png")

@@ -53,16 +53,21 @@ def _row(file: str, status: str, shape=(0, 0), error: str = "", n_faces: int = 0
          face: np.ndarray | None = None) -> dict:
     row = {"file": file, "status": status, "error": error, "width": shape[1], "height": shape[0],
            "n_faces": n_faces}
-    values = face[5:16] if face is not None else [np.nan] * 11
-    box = face[1:5] if face is not None else [np.nan] * 4
+    if face is None:
+        box, confidence, points = [np.nan] * 4, np.nan, [np.nan] * 10
+    else:
+        # MTCNN's numpy rows hold the keypoints as x0..x4 then y0..y4 (its JSON output rounds
+        # them to integers, so we read the rows and keep the sub-pixel values).
+        box, confidence = face[1:5], face[5]
+        points = np.stack([face[6:11], face[11:16]], axis=1).ravel()
     row.update(dict(zip(["x1", "y1", "x2", "y2"], map(float, box))))
-    row["confidence"] = float(values[0])
-    row.update(dict(zip(KEYPOINT_COLUMNS, map(float, values[1:]))))
+    row["confidence"] = float(confidence)
+    row.update(dict(zip(KEYPOINT_COLUMNS, map(float, points))))
     return row
 
 
 def detect_batch(detector, images: list[np.ndarray], settings: DetectorSettings) -> list[np.ndarray]:
-    """MTCNN rows [n_i, 16] (image id, x1, y1, x2, y2, score, 10 keypoint coords) per image."""
+    """MTCNN rows [n_i, 16] per image: image id, x1, y1, x2, y2, score, x0..x4, y0..y4."""
     out = detector.detect_faces(images, box_format="xyxy", output_type="numpy",
                                 min_face_size=settings.min_face_size)
     out = np.asarray(out, dtype=np.float64).reshape(-1, 16)

@@ -1,0 +1,845 @@
+"""Offline demo dataset: procedural 3D heads rendered at known camera poses.
+
+Why it exists: the pipeline (landmarks -> pose estimation -> cropping -> GAN training ->
+evaluation) must run end to end without downloading FFHQ, and its pose estimator needs data
+whose true camera is known. Each image here is a smooth signed-distance head built around
+:data:`gmnr.data.face_layout.MEAN_LANDMARKS_3D` (perturbed per identity), sphere-traced in
+torch through the FFHQ/GMPI camera of :mod:`gmnr.render.camera`.
+
+Geometry lives in a *local head frame*: origin at the eye midpoint, axes parallel to the
+world axes (x right in a frontal image, y up, z towards a frontal camera), unit = one
+inter-ocular distance of the identity. ``world = anchor + IOD * scale * local``. In that frame
+the five ground-truth landmarks are placed by construction: eye centres are the iris centres
+(front points of the eyeballs), the nose tip is the front point of the nose-tip sphere (the
+most forward point of the nose), and the mouth corners are where the lip colour and the dark
+mouth line end, at the depth of the skin surface there (measured by tracing the SDF).
+
+Determinism: image ``i`` of ``generate(seed=s)`` depends only on ``(s, i)`` through
+``numpy.random.default_rng([s, i])``; all rendering is plain float32 torch on the CPU, so a
+re-run with the same thread count writes byte-identical files.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gmnr.data.face_layout import IOD, LANDMARK_NAMES, MEAN_LANDMARKS_3D
+from gmnr.render.camera import (intrinsics_from_fov, pixel_rays, pose_to_cam2world, project,
+                                sample_pose_prior)
+
+Tensor = torch.Tensor
+
+# Local-frame bounding sphere that holds every visible part of a head (hair, ears, neck top).
+_BOUND_CENTER = (0.0, -0.35, -0.85)
+_BOUND_RADIUS = 2.95
+_MARCH_STEPS = 64
+_CHUNK = 16384  # rays per SDF batch: keeps the [primitives, 3, rays] temporaries cache-sized
+_MEAN_EYE_MID = 0.5 * (MEAN_LANDMARKS_3D[0] + MEAN_LANDMARKS_3D[1])
+
+# Materials written into the per-pixel id map.
+BACKGROUND, SKIN, HAIR, EYE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SynthCamera:
+    """Camera model and pose prior of the synthetic data (GMPI's FFHQ values in FFHQ_CAMERA)."""
+
+    fov_deg: float
+    radius: float
+    yaw_std: float
+    pitch_std: float
+    truncation: float
+
+
+FFHQ_CAMERA = SynthCamera(fov_deg=12.6, radius=1.0, yaw_std=0.289, pitch_std=0.127, truncation=2.0)
+
+
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """Everything that makes one identity: shape, landmark layout, colours and lighting.
+
+    Lengths are in the local head frame (unit = this identity's inter-ocular distance) unless
+    noted; colours are linear RGB in [0, 1]. Frozen so an identity can be hashed and shared.
+    """
+
+    scale: float                 # IOD of this head / face_layout.IOD
+    anchor: tuple[float, float, float]  # world position of the eye midpoint
+    eye_dx: float                # half the eye distance (0.5 for the mean layout)
+    nose_y: float                # nose tip below the eye line
+    nose_z: float                # nose tip in front of the eye centres
+    mouth_dx: float              # half the mouth width
+    mouth_y: float               # mouth corners below the eye line
+    mouth_z: float               # skin depth at the mouth corners (measured on the SDF)
+    face_width: float
+    face_length: float
+    jaw_width: float
+    chin: float
+    cheek: float
+    nose_width: float
+    nose_tip_radius: float
+    lip_thickness: float
+    eye_open: float
+    eye_tilt: float
+    brow_y: float
+    brow_arch: float
+    brow_thickness: float
+    brow_density: float
+    mouth_curve: float
+    hair_style: int              # 0 short cap, 1 cap with fringe, 2 long
+    hair_volume: float
+    hairline: float
+    fringe_side: float
+    skin_rgb: RGB
+    hair_rgb: RGB
+    brow_rgb: RGB
+    iris_rgb: RGB
+    lip_rgb: RGB
+    blush: float
+    background_top: RGB
+    background_bottom: RGB
+    light_dir: tuple[float, float, float]
+    light_rgb: RGB
+    ambient: float
+    specular: float
+    shininess: float
+
+
+# --------------------------------------------------------------------------------------------
+# Identity sampling
+# --------------------------------------------------------------------------------------------
+
+_SKIN_LIGHT = np.array([0.93, 0.74, 0.62])   # sRGB
+_SKIN_DARK = np.array([0.36, 0.22, 0.15])
+_HAIR_PALETTE = np.array([[0.05, 0.04, 0.035],   # black
+                          [0.17, 0.10, 0.06],    # dark brown
+                          [0.35, 0.22, 0.12],    # brown
+                          [0.72, 0.56, 0.33],    # blonde
+                          [0.50, 0.20, 0.09],    # auburn
+                          [0.62, 0.60, 0.58]])   # grey
+_HAIR_WEIGHTS = np.array([0.3, 0.28, 0.17, 0.1, 0.08, 0.07])
+_IRIS_PALETTE = np.array([[0.28, 0.16, 0.08], [0.12, 0.07, 0.04], [0.36, 0.30, 0.14],
+                          [0.25, 0.40, 0.55], [0.30, 0.42, 0.30], [0.42, 0.45, 0.48]])
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    return np.clip(c, 0.0, 1.0) ** 2.2
+
+
+def _rgb(c: np.ndarray) -> RGB:
+    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
+    return (float(c[0]), float(c[1]), float(c[2]))
+
+
+def _jitter(rng: np.random.Generator, c: np.ndarray, amount: float) -> np.ndarray:
+    return np.clip(c * (1.0 + rng.uniform(-amount, amount, 3)), 0.0, 1.0)
+
+
+def _sample_colours(rng: np.random.Generator) -> dict:
+    """Skin, hair, iris, lip and background colours; sRGB is sampled, linear is stored."""
+    tone = rng.beta(1.3, 1.6)
+    skin = _jitter(rng, (1 - tone) * _SKIN_LIGHT + tone * _SKIN_DARK, 0.06)
+    hair = _jitter(rng, _HAIR_PALETTE[rng.choice(len(_HAIR_PALETTE), p=_HAIR_WEIGHTS)], 0.15)
+    # Brows are darker than light hair and never lighter than the skin would allow to see.
+    brow = np.minimum(hair, skin) * rng.uniform(0.35, 0.6)
+    iris = _jitter(rng, _IRIS_PALETTE[rng.integers(len(_IRIS_PALETTE))], 0.2)
+    lip = skin * np.array([0.82, 0.48, 0.50]) * rng.uniform(0.75, 1.0)
+    lip = np.clip(lip + np.array([0.06, 0.0, 0.01]) * rng.uniform(0, 1), 0, 1)
+    bg_base = rng.uniform(0.15, 0.85, 3)
+    bg_top = _jitter(rng, bg_base, 0.25)
+    bg_bottom = _jitter(rng, bg_base * rng.uniform(0.5, 1.1), 0.25)
+    return dict(skin_rgb=_rgb(_srgb_to_linear(skin)), hair_rgb=_rgb(_srgb_to_linear(hair)),
+                brow_rgb=_rgb(_srgb_to_linear(brow)), iris_rgb=_rgb(_srgb_to_linear(iris)),
+                lip_rgb=_rgb(_srgb_to_linear(lip)),
+                background_top=_rgb(bg_top), background_bottom=_rgb(bg_bottom))
+
+
+def _sample_light(rng: np.random.Generator) -> dict:
+    """A key light from the front hemisphere (mostly from above) plus ambient sky light."""
+    azimuth = rng.uniform(-1.1, 1.1)
+    elevation = rng.uniform(-0.15, 0.9)
+    d = np.array([math.cos(elevation) * math.sin(azimuth), math.sin(elevation),
+                  math.cos(elevation) * math.cos(azimuth)])
+    warm = rng.uniform(-0.08, 0.08)
+    return dict(light_dir=(float(d[0]), float(d[1]), float(d[2])),
+                light_rgb=_rgb(rng.uniform(0.85, 1.15) * np.array([1 + warm, 1.0, 1 - warm])),
+                ambient=float(rng.uniform(0.3, 0.55)), specular=float(rng.uniform(0.03, 0.12)),
+                shininess=float(rng.uniform(12.0, 40.0)))
+
+
+def sample_head(rng: np.random.Generator) -> HeadParams:
+    """One random identity; landmarks are the mean layout with modest proportion changes."""
+    u = rng.uniform
+    shape = dict(
+        scale=float(u(0.95, 1.05)),
+        anchor=tuple(float(v) for v in _MEAN_EYE_MID + rng.normal(0.0, 0.0008, 3)),
+        eye_dx=float(0.5 * u(0.97, 1.03)), nose_y=float(0.52 * u(0.92, 1.08)),
+        nose_z=float(0.41 * u(0.9, 1.1)), mouth_dx=float(0.455 * u(0.92, 1.08)),
+        mouth_y=float(0.97 * u(0.94, 1.06)), mouth_z=0.0,
+        face_width=float(u(0.9, 1.1)), face_length=float(u(0.93, 1.07)),
+        jaw_width=float(u(0.8, 1.1)), chin=float(u(0.8, 1.2)), cheek=float(u(0.85, 1.15)),
+        nose_width=float(u(0.8, 1.25)), nose_tip_radius=float(u(0.09, 0.13)),
+        lip_thickness=float(u(0.8, 1.3)), eye_open=float(u(0.85, 1.15)),
+        eye_tilt=float(u(-0.05, 0.12)), brow_y=float(u(0.3, 0.4)), brow_arch=float(u(0.02, 0.08)),
+        brow_thickness=float(u(0.055, 0.085)), brow_density=float(u(0.7, 1.0)),
+        mouth_curve=float(u(-0.02, 0.04)),
+        hair_style=int(rng.choice(3, p=[0.4, 0.3, 0.3])), hair_volume=float(u(0.06, 0.2)),
+        hairline=float(u(0.85, 1.05)), fringe_side=float(u(-0.35, 0.35)),
+        blush=float(u(0.0, 0.35)),
+    )
+    head = HeadParams(**shape, **_sample_colours(rng), **_sample_light(rng))
+    return dataclasses.replace(head, mouth_z=_surface_z(head, head.mouth_dx, -head.mouth_y))
+
+
+def _local_landmarks(head: HeadParams) -> np.ndarray:
+    """The five landmarks [5, 3] in the local head frame (order of LANDMARK_NAMES)."""
+    return np.array([[-head.eye_dx, 0.0, 0.0], [head.eye_dx, 0.0, 0.0],
+                     [0.0, -head.nose_y, head.nose_z],
+                     [-head.mouth_dx, -head.mouth_y, head.mouth_z],
+                     [head.mouth_dx, -head.mouth_y, head.mouth_z]], dtype=np.float64)
+
+
+def _unit(head: HeadParams) -> float:
+    """World length of one local unit."""
+    return IOD * head.scale
+
+
+def head_landmarks_3d(head: HeadParams) -> np.ndarray:
+    """Ground-truth world landmarks [5, 3] (left_eye, right_eye, nose, mouth_left, mouth_right)."""
+    out = np.asarray(head.anchor)[None, :] + _unit(head) * _local_landmarks(head)
+    assert out.shape == (5, 3) and len(LANDMARK_NAMES) == 5
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Signed distance function (local head frame, float32 tensors x, y, z of shape [N])
+# --------------------------------------------------------------------------------------------
+
+Item = tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]
+_IDENTITY = np.eye(3)
+
+
+class _EllipsoidBank:
+    """Many rotated ellipsoids evaluated together with one matrix product.
+
+    Why: in eager torch the per-op overhead, not arithmetic, dominates sphere tracing once
+    only a few hundred rays are still marching, so the SDF is written as a handful of large
+    tensor ops over all primitives instead of ~20 ops per primitive.
+    Distances use Inigo Quilez's ellipsoid bound: exact on the surface, close to Euclidean
+    nearby, and exact for spheres.
+    """
+
+    def __init__(self, items: list[Item]):
+        a, b, ir2 = [], [], []
+        for centre, radii, rot in items:
+            m = np.diag(1.0 / np.asarray(radii)) @ rot
+            a.append(m)
+            b.append(-m @ np.asarray(centre))
+            ir2.append(1.0 / np.asarray(radii) ** 2)
+        self.n = len(items)
+        self.a = torch.tensor(np.concatenate(a), dtype=torch.float32)              # [3E, 3]
+        self.b = torch.tensor(np.concatenate(b), dtype=torch.float32)[:, None]     # [3E, 1]
+        self.ir2 = torch.tensor(np.stack(ir2), dtype=torch.float32)[:, :, None]    # [E, 3, 1]
+
+    def __call__(self, p: Tensor) -> Tensor:
+        """Distances [E, N] of points p [3, N]."""
+        q = torch.addmm(self.b, self.a, p).view(self.n, 3, -1)
+        q2 = q * q
+        k0 = q2.sum(1).sqrt()
+        k1 = (q2 * self.ir2).sum(1).sqrt()
+        return k0 * (k0 - 1.0) / k1.clamp_min(1e-6)
+
+
+def _soft_min_rows(d: Tensor, k: float) -> Tensor:
+    """Smooth minimum over rows of d [E, N] (log-sum-exp): blends neighbouring primitives."""
+    m = d.min(0).values
+    return m - k * torch.log(torch.exp((m - d) * (1.0 / k)).sum(0))
+
+
+def _smin(a: Tensor, b: Tensor, k: float) -> Tensor:
+    """Polynomial smooth minimum: blends two surfaces over a band of width k only."""
+    h = (k - (a - b).abs()).clamp_min(0.0)
+    return torch.minimum(a, b) - h * h * (0.25 / k)
+
+
+def _smax(a: Tensor, b: Tensor, k: float) -> Tensor:
+    h = (k - (a - b).abs()).clamp_min(0.0)
+    return torch.maximum(a, b) + h * h * (0.25 / k)
+
+
+def _axis_rotation(start, end) -> tuple[np.ndarray, float]:
+    """Rows of a rotation whose second axis runs from start to end (in the y-z plane), and the length."""
+    axis = np.asarray(end, dtype=np.float64) - np.asarray(start, dtype=np.float64)
+    length = float(np.linalg.norm(axis))
+    e1 = axis / length
+    e0 = np.array([1.0, 0.0, 0.0])
+    assert abs(e0 @ e1) < 1e-9, "axis must be perpendicular to x"
+    return np.stack([e0, e1, np.cross(e0, e1)]), length
+
+
+def _mirror(centre, radii, rot=_IDENTITY) -> list[Item]:
+    """A primitive and its mirror image across x = 0 (the head is left/right symmetric)."""
+    flip = np.diag([-1.0, 1.0, 1.0])
+    left = ((-centre[0], centre[1], centre[2]), radii, rot @ flip)
+    return [left, (tuple(centre), radii, rot)]
+
+
+def _eye_uv(head: HeadParams, ax: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """2D coordinates centred on the (mirrored) eye, sheared so the outer corner is higher."""
+    u = ax - head.eye_dx
+    return u, y - head.eye_tilt * u
+
+
+def _eye_opening(head: HeadParams, u: Tensor, v: Tensor) -> Tensor:
+    """2D SDF of the almond-shaped lid opening: the lens between two circular arcs."""
+    a = 0.25
+    top, bottom = 0.1 * head.eye_open, 0.075 * head.eye_open
+    r1 = (a * a + top * top) / (2 * top)
+    r2 = (a * a + bottom * bottom) / (2 * bottom)
+    d1 = torch.sqrt(u * u + (v + (r1 - top)) ** 2) - r1      # upper lid arc
+    d2 = torch.sqrt(u * u + (v - (r2 - bottom)) ** 2) - r2   # lower lid arc
+    return torch.maximum(d1, d2)
+
+
+class HeadSDF:
+    """Signed distance to one head in the local frame, split into skin, hair and eyeballs.
+
+    Points are [3, N] float32 tensors. The per-identity primitive list is built once; a call is
+    one ellipsoid-bank product plus a few blends and cuts.
+    """
+
+    def __init__(self, head: HeadParams):
+        self.h = head
+        groups: dict[str, list[Item]] = {}
+        fw, fl, jw, ck = head.face_width, head.face_length, head.jaw_width, head.cheek
+        sph = lambda c, r: (c, (r, r, r), _IDENTITY)  # noqa: E731
+        groups["head"] = [
+            ((0.0, 0.45, -1.35), (1.15 * fw, 1.5, 1.55), _IDENTITY),              # cranium
+            ((0.0, -0.5, -1.0), (1.05 * fw, 1.45 * fl, 1.2), _IDENTITY),          # face
+            ((0.0, -1.05 * fl, -0.8), (0.9 * jw * fw, 0.75 * fl, 0.85), _IDENTITY),  # jaw
+            ((0.0, -1.55 * fl, -0.2), tuple(v * head.chin for v in (0.38, 0.3, 0.3)), _IDENTITY),
+            ((0.0, -2.1, -1.15), (0.6 * jw ** 0.5, 1.4, 0.6), _IDENTITY),         # neck
+            *_mirror((head.eye_dx, 0.02, -0.25), (0.4, 0.3, 0.3)),                 # lids/orbit
+            *_mirror((0.62 * fw, -0.55, -0.33), (0.42 * ck, 0.38 * ck, 0.42 * ck)),  # cheeks
+            *_mirror((0.45, 0.34, -0.2), (0.42, 0.16, 0.3)),                       # brow ridge
+            *_mirror((1.07 * fw, -0.25, -1.05), (0.14, 0.36, 0.22)),               # ears
+        ]
+        # Nose: the tip sphere's front point is the landmark; bridge and wings stay behind it.
+        ny, nz, nw, rt = head.nose_y, head.nose_z, head.nose_width, head.nose_tip_radius
+        bridge_a, bridge_b = (0.0, 0.0, 0.14), (0.0, -ny + 0.17, nz - 0.15)
+        rot, length = _axis_rotation(bridge_a, bridge_b)
+        groups["nose"] = [
+            sph((0.0, -ny, nz - rt), rt),
+            (tuple(0.5 * (a + b) for a, b in zip(bridge_a, bridge_b)),
+             (0.07 * nw, 0.5 * length + 0.04, 0.06), rot),
+            *_mirror((0.15 * nw, -ny + 0.03, nz - 0.26), (0.095 * nw,) * 3),
+        ]
+        mx, my, lt = head.mouth_dx, head.mouth_y, head.lip_thickness
+        groups["lips"] = [((0.0, -my + 0.04 * lt, 0.05), (0.92 * mx, 0.065 * lt, 0.16), _IDENTITY),
+                          ((0.0, -my - 0.065 * lt, 0.03), (0.8 * mx, 0.08 * lt, 0.16), _IDENTITY)]
+        groups["eyes"] = _mirror((head.eye_dx, 0.0, -0.19), (0.27, 0.2, 0.19))
+        hv = head.hair_volume
+        groups["hair"] = [((0.0, 0.5, -1.38), (1.15 * fw + hv + 0.05, 1.55 + hv, 1.6 + hv), _IDENTITY)]
+        if head.hair_style == 1:
+            groups["fringe"] = [((0.0, 0.95, -0.45), (1.0 * fw + hv, 0.5, 0.58 + hv), _IDENTITY)]
+        if head.hair_style == 2:
+            groups["long"] = [*_mirror((1.07 * fw + hv, -1.0, -1.18), (0.3 + hv, 1.9, 0.35 + hv)),
+                              ((0.0, -0.6, -1.75), (1.2 * fw + hv, 1.9, 0.85), _IDENTITY)]
+        items, self.rows, row = [], {}, 0
+        for name, group in groups.items():
+            items += group
+            self.rows[name] = slice(row, row + len(group))
+            row += len(group)
+        self.bank = _EllipsoidBank(items)
+        self.hair_slope = 1.85
+        self.hair_norm = 1.0 / math.sqrt(1.0 + self.hair_slope ** 2)
+
+    def components(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Distances [N] to skin, hair and eyeballs of points p [3, N]."""
+        h, d = self.h, self.bank(p)
+        x, y, z = p[0], p[1], p[2]
+        ax = x.abs()
+        skin = _smin(_soft_min_rows(d[self.rows["head"]], 0.07),
+                     _soft_min_rows(d[self.rows["nose"]], 0.025), 0.12)
+        # Carve the lid openings (a slab-limited almond prism) so the eyeballs show through.
+        u, v = _eye_uv(h, ax, y)
+        cut = torch.maximum(_eye_opening(h, u, v), (z - 0.1).abs() - 0.3)
+        skin = _smax(skin, -cut, 0.03)
+        skin = _smin(skin, _soft_min_rows(d[self.rows["lips"]], 0.01), 0.06)
+        eyes = d[self.rows["eyes"]].min(0).values
+        # Hairline: a plane rising from the sideburns (y ~ 0 at the temples) to the forehead.
+        hair = _smax(d[self.rows["hair"]][0], (h.hairline + self.hair_slope * z - y) * self.hair_norm, 0.06)
+        if "fringe" in self.rows:
+            fringe = _smax(d[self.rows["fringe"]][0], 0.55 + h.fringe_side * x - y, 0.04)
+            hair = _smin(hair, fringe, 0.1)
+        if "long" in self.rows:
+            hair = _smin(hair, _soft_min_rows(d[self.rows["long"]], 0.1), 0.25)
+        else:
+            hair = _smax(hair, -1.0 - y, 0.1)  # short hair ends at the nape
+        return skin, hair, eyes
+
+    def __call__(self, p: Tensor) -> Tensor:
+        skin, hair, eyes = self.components(p)
+        return torch.minimum(torch.minimum(skin, hair), eyes)
+
+    def parts(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """Distance [N] and material id [N] (SKIN / HAIR / EYE) of the closest component."""
+        dist, idx = torch.stack(self.components(p)).min(dim=0)
+        return dist, torch.tensor([SKIN, HAIR, EYE], dtype=torch.uint8)[idx]
+
+
+def _surface_z(head: HeadParams, x: float, y: float) -> float:
+    """Depth of the front-most surface along the local -z ray through (x, y)."""
+    sdf = HeadSDF(head)
+    z = 1.5
+    for _ in range(200):
+        d = float(sdf(torch.tensor([[x], [y], [z]], dtype=torch.float32))[0])
+        z -= d
+        if abs(d) < 1e-5:
+            break
+    return z
+
+
+# --------------------------------------------------------------------------------------------
+# Sphere tracing and shading
+# --------------------------------------------------------------------------------------------
+
+def _bound_interval(o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """Entry/exit distances [N] of rays o [3] + t d [3, N] through the bounding sphere.
+
+    Missing rays get an empty interval (entry > exit).
+    """
+    oc = o - torch.tensor(_BOUND_CENTER, dtype=o.dtype)
+    b = oc @ d
+    disc = b * b - (float(oc @ oc) - _BOUND_RADIUS ** 2)
+    root = disc.clamp_min(0).sqrt()
+    miss = disc <= 0
+    return (-b - root).clamp_min(0.0).masked_fill(miss, 1.0), (-b + root).masked_fill(miss, 0.0)
+
+
+def _march(sdf: HeadSDF, o: Tensor, d: Tensor, t_start: Tensor, t_end: Tensor,
+           eps_per_t: float) -> tuple[Tensor, Tensor]:
+    """Sphere-trace rays o [3] + t d [3, N] from t_start to t_end [N]; returns hit [N], t [N].
+
+    Only unfinished rays are evaluated (compacted every step). A ray stops when its distance is
+    below a fraction of its pixel footprint (capped so depth stays accurate); grazing rays that
+    run out of steps count as hits when they are already within a pixel or so of the surface.
+    """
+    n = d.shape[1]
+    t_all = t_start.clone()
+    hit = torch.zeros(n, dtype=torch.bool)
+    idx = torch.nonzero(t_start < t_end).squeeze(1)
+    t, te, dd = t_all[idx], t_end[idx], d[:, idx]
+    o = o[:, None]
+    dist = t
+    for _ in range(_MARCH_STEPS):
+        if idx.numel() == 0:
+            break
+        dist = sdf(torch.addcmul(o, dd, t))
+        done = dist < torch.clamp(eps_per_t * t, max=3e-3)
+        t = t + torch.where(done, dist, 0.9 * dist)
+        hit[idx[done]] = True
+        t_all[idx] = t
+        keep = ~done & (t < te)
+        if not bool(keep.all()):
+            idx, t, te, dd, dist = idx[keep], t[keep], te[keep], dd[:, keep], dist[keep]
+    if idx.numel():
+        hit[idx[dist < 0.02]] = True
+    return hit, t_all
+
+
+def _normals(sdf: HeadSDF, p: Tensor, e: float = 0.004) -> Tensor:
+    """Unit SDF gradient [3, N] by the four-tap tetrahedron stencil (one batched SDF call)."""
+    taps = torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=p.dtype)
+    n = p.shape[1]
+    probe = (p[None] + e * taps[:, :, None]).permute(1, 0, 2).reshape(3, 4 * n)
+    v = sdf(probe).view(4, n)
+    grad = taps.T @ v
+    return torch.nn.functional.normalize(grad, dim=0)
+
+
+def _occlusion(sdf: HeadSDF, p: Tensor, normal: Tensor) -> Tensor:
+    """Ambient occlusion [N] from SDF probes along the normal (darkens sockets and creases)."""
+    hs = torch.tensor([0.03, 0.08, 0.16, 0.3])
+    weights = torch.tensor([1.0, 0.7, 0.49, 0.343])
+    n = p.shape[1]
+    probe = (p[None] + hs[:, None, None] * normal[None]).permute(1, 0, 2).reshape(3, 4 * n)
+    gap = (hs[:, None] - sdf(probe).view(4, n)).clamp_min(0.0)
+    return (1.0 - 2.2 * (weights @ gap)).clamp(0.0, 1.0)
+
+
+def _smoothstep(e0: float, e1: float, x: Tensor) -> Tensor:
+    t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _mix(a: Tensor, b, w: Tensor) -> Tensor:
+    """Blend colours a [N, 3] towards b ([3] or [N, 3]) by weights w [N]."""
+    b = torch.as_tensor(b, dtype=a.dtype)
+    return a + (b - a) * w[:, None]
+
+
+def _skin_albedo(head: HeadParams, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """Skin colour [N, 3] with blush, lips, mouth line, brows, lash line and nostrils painted on.
+
+    The painted features are 2D patterns in the local (x, y) plane (projected along z, where
+    the face is nearly frontal); their positions are tied to the landmark parameters so the
+    mouth corners and eye centres a detector sees are the ground-truth ones.
+    """
+    ax = x.abs()
+    skin = torch.tensor(head.skin_rgb)
+    col = skin.expand(x.shape[0], 3).clone()
+    front = _smoothstep(-0.45, -0.15, z)
+    # Blush on the cheeks, redness on the nose tip.
+    r2 = ((ax - 0.6) / 0.24) ** 2 + ((y + 0.5) / 0.2) ** 2
+    blush_rgb = skin * torch.tensor([1.0, 0.62, 0.66])
+    col = _mix(col, blush_rgb, head.blush * torch.exp(-r2) * front)
+    nose_r2 = (x / 0.12) ** 2 + ((y + head.nose_y) / 0.12) ** 2
+    col = _mix(col, blush_rgb, 0.25 * torch.exp(-nose_r2) * front)
+    # Lips: between an upper arc (with a cupid's bow) and a lower arc meeting at the corners.
+    mx, my, lt = head.mouth_dx, head.mouth_y, head.lip_thickness
+    s = (1.0 - (x / mx) ** 2).clamp_min(0.0)
+    line = -my + head.mouth_curve * s
+    upper = line + 0.075 * lt * s.sqrt() * (1.0 - 0.25 * torch.exp(-(x / 0.05) ** 2))
+    lower = line - 0.105 * lt * s.sqrt()
+    w = 0.012
+    lip = _smoothstep(-w, w, upper - y) * _smoothstep(-w, w, y - lower) * front
+    col = _mix(col, head.lip_rgb, lip)
+    # Mouth line: a dark slit that ends exactly at the corners.
+    slit_w = 0.006 + 0.02 * s
+    slit = (1.0 - _smoothstep(0.0, 1.0, (y - line).abs() / slit_w)) * _smoothstep(-0.01, 0.03, s)
+    col = _mix(col, torch.tensor(head.lip_rgb) * 0.15, slit * front)
+    # Eyebrows: a tapered arc above each eye.
+    bu = (ax - (head.eye_dx - 0.22)) / 0.52           # 0 at the inner end, 1 at the outer end
+    brow_mid = head.brow_y + head.brow_arch * torch.sin(math.pi * bu.clamp(0, 1) ** 0.8) - 0.04 * bu
+    half = head.brow_thickness * (1.1 - 0.6 * bu.clamp(0, 1))
+    brow = 1.0 - _smoothstep(0.6, 1.0, (y - brow_mid).abs() / half)
+    brow = brow * _smoothstep(-0.05, 0.03, bu) * (1.0 - _smoothstep(0.92, 1.05, bu))
+    col = _mix(col, head.brow_rgb, head.brow_density * brow * front)
+    # Lash line and lid crease around the eye opening.
+    u, v = _eye_uv(head, ax, y)
+    d_eye = _eye_opening(head, u, v)
+    corner = 1.0 - _smoothstep(0.18, 0.27, u.abs())
+    lash = (1.0 - _smoothstep(0.012, 0.035, d_eye)) * _smoothstep(-0.04, 0.02, v) * (0.5 + 0.5 * corner)
+    col = _mix(col, torch.tensor(head.brow_rgb) * 0.5, 0.9 * lash * front)
+    lower_lash = (1.0 - _smoothstep(0.006, 0.02, d_eye)) * _smoothstep(0.0, 0.04, -v) * corner
+    col = _mix(col, skin * 0.45, 0.5 * lower_lash * front)
+    crease = torch.exp(-((d_eye - 0.07) / 0.03) ** 2) * _smoothstep(0.0, 0.05, v)
+    col = col * (1.0 - 0.18 * crease * front)[:, None]
+    # Nostrils: dark ellipsoids on the underside of the nose.
+    nr2 = ((ax - 0.075 * head.nose_width) / 0.045) ** 2 + ((y + head.nose_y + 0.075) / 0.03) ** 2 \
+        + ((z - head.nose_z + 0.13) / 0.07) ** 2
+    return _mix(col, skin * 0.12, 0.9 * torch.exp(-nr2 * nr2))
+
+
+def _hair_albedo(head: HeadParams, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """Hair colour [N, 3] with strand-like streaks running from the crown."""
+    angle = torch.atan2(x, z + 1.3)
+    streak = 0.8 + 0.2 * torch.sin(37.0 * angle + 9.0 * y) * torch.sin(13.0 * angle - 3.0 * y + 1.7)
+    return torch.tensor(head.hair_rgb)[None, :] * streak[:, None]
+
+
+def _eye_albedo(head: HeadParams, x: Tensor, y: Tensor) -> Tensor:
+    """Sclera, iris (with a darker limbal ring) and pupil [N, 3], centred on the eye landmark."""
+    r = torch.sqrt((x.abs() - head.eye_dx) ** 2 + y * y)
+    col = torch.tensor([0.62, 0.6, 0.58]).expand(x.shape[0], 3).clone()
+    iris_rgb = torch.tensor(head.iris_rgb)
+    col = _mix(col, iris_rgb * 0.45, 1.0 - _smoothstep(0.088, 0.1, r))
+    col = _mix(col, iris_rgb, 1.0 - _smoothstep(0.06, 0.085, r))
+    return _mix(col, [0.01, 0.01, 0.01], 1.0 - _smoothstep(0.035, 0.045, r))
+
+
+def _albedo(head: HeadParams, p: Tensor, material: Tensor) -> tuple[Tensor, Tensor]:
+    """Albedo [N, 3] and specular strength [N] per material."""
+    albedo = torch.empty(p.shape[1], 3)
+    spec = torch.empty(p.shape[1])
+    for mat, k in ((SKIN, head.specular), (HAIR, 0.6 * head.specular), (EYE, 0.6)):
+        m = material == mat
+        if not bool(m.any()):
+            continue
+        x, y, z = p[0, m], p[1, m], p[2, m]
+        albedo[m] = (_skin_albedo(head, x, y, z) if mat == SKIN else
+                     _hair_albedo(head, x, y, z) if mat == HAIR else _eye_albedo(head, x, y))
+        spec[m] = k
+    return albedo, spec
+
+
+def _shade(head: HeadParams, sdf: HeadSDF, p: Tensor, view: Tensor) -> tuple[Tensor, Tensor]:
+    """Linear RGB [N, 3] and material [N] of surface points p [3, N] seen along view [3, N]."""
+    _, material = sdf.parts(p)
+    n = _normals(sdf, p)
+    ao = _occlusion(sdf, p, n)
+    albedo, spec_k = _albedo(head, p, material)
+    light = torch.tensor(head.light_dir)
+    ndl = light @ n
+    diffuse = ((ndl + 0.25) / 1.25).clamp_min(0.0)            # wrapped: soft skin terminator
+    sky = (0.65 + 0.35 * n[1]) * ao
+    half = torch.nn.functional.normalize(light[:, None] - view, dim=0)
+    spec = (n * half).sum(0).clamp_min(0.0) ** head.shininess * (ndl > 0) * spec_k
+    light_rgb = torch.tensor(head.light_rgb)
+    lit = (0.8 * diffuse * (0.6 + 0.4 * ao))[:, None] * light_rgb + (head.ambient * sky)[:, None]
+    return albedo * lit + spec[:, None] * light_rgb, material
+
+
+def _background(head: HeadParams, height: int, width: int) -> Tensor:
+    """sRGB [H, W, 3] vertical gradient with a soft vignette."""
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    top, bottom = torch.tensor(head.background_top), torch.tensor(head.background_bottom)
+    col = top + (bottom - top) * ys[:, None, None]
+    vignette = 1.0 - 0.25 * ((xs[None, :] - 0.5) ** 2 + (ys[:, None] - 0.5) ** 2)
+    return (col * vignette[..., None]).expand(height, width, 3)
+
+
+def _trace(head: HeadParams, sdf: HeadSDF, o_local: Tensor, d: Tensor, t_start: Tensor | None,
+           eps_per_t: float, shade: bool = True) -> dict[str, Tensor]:
+    """Trace local-frame rays (origin [3], unit dirs [3, N]) in cache-sized chunks.
+
+    Returns hit [N], t [N] (local units, 0 on misses) and, when shading, srgb [N, 3] and
+    material [N] (BACKGROUND on misses). ``t_start`` [N] may skip known-empty space.
+    """
+    n = d.shape[1]
+    t_in, t_out = _bound_interval(o_local, d)
+    if t_start is not None:
+        t_in = torch.maximum(t_in, t_start)
+    hit = torch.zeros(n, dtype=torch.bool)
+    t = torch.zeros(n)
+    for s in range(0, n, _CHUNK):
+        h, tc = _march(sdf, o_local, d[:, s:s + _CHUNK], t_in[s:s + _CHUNK], t_out[s:s + _CHUNK],
+                       eps_per_t)
+        hit[s:s + _CHUNK], t[s:s + _CHUNK] = h, torch.where(h, tc, 0.0)
+    out = dict(hit=hit, t=t)
+    if shade:
+        rgb = torch.zeros(n, 3)
+        material = torch.full((n,), BACKGROUND, dtype=torch.uint8)
+        hit_idx = torch.nonzero(hit).squeeze(1)
+        for s in range(0, hit_idx.numel(), _CHUNK // 4):
+            i = hit_idx[s:s + _CHUNK // 4]
+            p = torch.addcmul(o_local[:, None], d[:, i], t[i])
+            rgb[i], material[i] = _shade(head, sdf, p, d[:, i])
+        out.update(srgb=rgb.clamp(0.0, 1.0) ** (1.0 / 2.2), material=material)
+    return out
+
+
+def _local_rays(head: HeadParams, cam2world: Tensor, k: Tensor, height: int, width: int,
+                shift: tuple[float, float] = (0.0, 0.0)) -> tuple[Tensor, Tensor]:
+    """Ray origin [3] and unit directions [3, H*W] in the local head frame.
+
+    ``shift`` moves the samples by a fraction of a pixel (through the principal point), which
+    is how the anti-aliasing sub-samples reuse camera.pixel_rays.
+    """
+    if shift != (0.0, 0.0):
+        k = k.clone()
+        k[0, 2] -= shift[0]
+        k[1, 2] -= shift[1]
+    origins, dirs = pixel_rays(cam2world, k, height, width)
+    o = (origins[0, 0, 0] - torch.tensor(head.anchor, dtype=torch.float32)) / _unit(head)
+    return o, dirs.reshape(-1, 3).T.contiguous()
+
+
+def _start_from_coarse(t_hit: Tensor, factor: int, height: int, width: int, margin: float) -> Tensor:
+    """Per-pixel march start [H*W] from a coarse render's hit distances [h, w] (0 = miss).
+
+    Each fine ray starts ``margin`` before the nearest hit among the 3x3 coarse neighbours of
+    its coarse pixel (surfaces here are smooth at that scale, so nothing nearer can hide
+    between them); rays with no hit around start at the bounding sphere (0).
+    """
+    near = torch.where(t_hit > 0, t_hit, torch.full_like(t_hit, math.inf))
+    near = -torch.nn.functional.max_pool2d(-near[None, None], 3, stride=1, padding=1)[0, 0]
+    near = near.repeat_interleave(factor, 0).repeat_interleave(factor, 1)[:height, :width]
+    return torch.where(torch.isfinite(near), near - margin, 0.0).reshape(-1)
+
+
+def render_head(head: HeadParams, cam2world: Tensor, intrinsics: Tensor, height: int, width: int,
+                antialias: bool = True) -> dict[str, np.ndarray]:
+    """Render one head: rgb uint8 [H, W, 3], camera-space depth float32 [H, W] (0 = background),
+    mask bool [H, W].
+
+    Speed: a quarter-resolution pre-pass finds where the surface is so full-resolution rays
+    start just in front of it, and anti-aliasing re-traces only silhouette/material/depth
+    edge pixels with four sub-pixel rays.
+    """
+    cam2world = torch.as_tensor(cam2world, dtype=torch.float32).reshape(4, 4)
+    k = torch.as_tensor(intrinsics, dtype=torch.float32)
+    assert k.shape == (3, 3), f"intrinsics must be [3, 3], got {tuple(k.shape)}"
+    sdf = HeadSDF(head)
+    eps_per_t = 0.25 / float(k[0, 0])
+    t_start = None
+    factor = 4
+    if min(height, width) >= 16 * factor:
+        hc, wc = -(-height // factor), -(-width // factor)
+        kc = k.clone()
+        kc[:2] /= factor
+        o, d = _local_rays(head, cam2world, kc, hc, wc)
+        coarse = _trace(head, sdf, o, d, None, eps_per_t * factor, shade=False)
+        t_start = _start_from_coarse(coarse["t"].view(hc, wc), factor, height, width, 0.15)
+    o, d = _local_rays(head, cam2world, k, height, width)
+    out = _trace(head, sdf, o, d, t_start, eps_per_t)
+    mask = out["hit"].view(height, width)
+    bg = _background(head, height, width)
+    rgb = torch.where(mask[..., None], out["srgb"].view(height, width, 3), bg)
+    forward = cam2world[:3, 2]
+    depth_scale = (forward @ d).view(height, width) * _unit(head)   # local t -> camera z
+    t_map = out["t"].view(height, width)
+    if antialias:
+        edge = _edge_pixels(out["material"].view(height, width), t_map)
+        rgb = _antialias(head, sdf, cam2world, k, rgb, edge, bg, t_map, eps_per_t)
+    depth = (t_map * depth_scale).masked_fill(~mask, 0.0)
+    return dict(rgb=(rgb * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
+                depth=depth.numpy().astype(np.float32), mask=mask.numpy())
+
+
+def _edge_pixels(material: Tensor, t: Tensor, depth_jump: float = 0.1) -> Tensor:
+    """Pixels [H, W] whose material (incl. background) or depth differs from a 4-neighbour."""
+    edge = torch.zeros(material.shape, dtype=torch.bool)
+    dx = (material[:, 1:] != material[:, :-1]) | ((t[:, 1:] - t[:, :-1]).abs() > depth_jump)
+    dy = (material[1:] != material[:-1]) | ((t[1:] - t[:-1]).abs() > depth_jump)
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:] |= dy
+    edge[:-1] |= dy
+    return edge
+
+
+def _antialias(head: HeadParams, sdf: HeadSDF, cam2world: Tensor, k: Tensor, rgb: Tensor,
+               edge: Tensor, bg: Tensor, t_map: Tensor, eps_per_t: float) -> Tensor:
+    """Average the centre sample with four sub-pixel samples on edge pixels."""
+    height, width = edge.shape
+    sel = torch.nonzero(edge.reshape(-1)).squeeze(1)
+    if sel.numel() == 0:
+        return rgb
+    t_start = _start_from_coarse(t_map, 1, height, width, 0.15)[sel]
+    acc = rgb.reshape(-1, 3)[sel].clone()
+    for shift in ((-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)):
+        o, d = _local_rays(head, cam2world, k, height, width, shift)
+        out = _trace(head, sdf, o, d[:, sel].contiguous(), t_start, eps_per_t)
+        acc += torch.where(out["hit"][:, None], out["srgb"], bg.reshape(-1, 3)[sel])
+    flat = rgb.reshape(-1, 3).clone()
+    flat[sel] = acc / 5.0
+    return flat.view(height, width, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset generation
+# --------------------------------------------------------------------------------------------
+
+def sample_view(seed: int, index: int, camera: SynthCamera, roll_std: float) -> dict:
+    """Identity seed and camera pose of image ``index``: a function of (seed, index) only."""
+    rng = np.random.default_rng([seed, index])
+    identity_seed = int(rng.integers(0, 2 ** 31))
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 62)))
+    pose = sample_pose_prior(1, camera.yaw_std, camera.pitch_std, camera.truncation,
+                             generator=gen, dtype=torch.float64)
+    roll = float(rng.normal(0.0, roll_std)) if roll_std > 0 else 0.0
+    return dict(identity_seed=identity_seed, yaw=float(pose["yaw"][0]),
+                pitch=float(pose["pitch"][0]), roll=roll)
+
+
+def render_view(seed: int, index: int, resolution: int, camera: SynthCamera,
+                roll_std: float) -> dict:
+    """Render image ``index``; returns the render dict plus pose, head and 2D landmarks [5, 2]."""
+    view = sample_view(seed, index, camera, roll_std)
+    head = sample_head(np.random.default_rng(view["identity_seed"]))
+    cam2world = pose_to_cam2world(torch.tensor([view["yaw"]], dtype=torch.float64),
+                                  view["pitch"], view["roll"], radius=camera.radius)
+    k = intrinsics_from_fov(camera.fov_deg, resolution, dtype=torch.float64)
+    uv, _ = project(torch.from_numpy(head_landmarks_3d(head))[None], cam2world, k)
+    out = render_head(head, cam2world[0].float(), k.float(), resolution, resolution)
+    return dict(out, **view, head=head, landmarks_2d=uv[0].numpy(), radius=camera.radius)
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    _atomic_write(path, lambda f: f.write(iio.imwrite("<bytes>", rgb, extension=".png")))
+
+
+def csv_columns() -> list[str]:
+    """Columns of ground_truth.csv."""
+    cols = ["file", "yaw", "pitch", "roll", "radius", "identity_seed"]
+    return cols + [f"{name}_{axis}" for name in LANDMARK_NAMES for axis in ("x", "y")]
+
+
+def _meta(count: int, resolution: int, seed: int, camera: SynthCamera, roll_std: float) -> dict:
+    return dict(
+        generator="gmnr.data.synth", count=count, resolution=resolution, seed=seed,
+        roll_std=roll_std, camera=dataclasses.asdict(camera), landmark_names=list(LANDMARK_NAMES),
+        conventions=dict(
+            pose="camera yaw/pitch/roll in radians as in gmnr.render.camera: yaw > 0 moves the "
+                 "camera towards world +x, pitch > 0 above the face, roll about the optical axis",
+            camera_frame="OpenCV (x right, y down, z forward); look-at the world origin",
+            intrinsics="fov_deg is the full horizontal field of view; square pixels",
+            landmarks="pixel coordinates with pixel centres at i + 0.5; 'left' = smaller image x",
+            depth="float32 camera-space z in world units, 0 where background",
+            determinism="image i depends only on (seed, i) via numpy.random.default_rng([seed, i])",
+        ))
+
+
+def generate(out_dir: Path, count: int, resolution: int, seed: int, camera: SynthCamera,
+             roll_std: float, progress: bool = True) -> dict:
+    """Write ``count`` images, depth maps, ground_truth.csv and meta.json under ``out_dir``."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+    rows = []
+    start = time.perf_counter()
+    for i in tqdm(range(count), desc="synth", disable=not progress):
+        r = render_view(seed, i, resolution, camera, roll_std)
+        name = f"{i:06d}.png"
+        _write_png(out_dir / "images" / name, r["rgb"])
+        _atomic_write(out_dir / "depth" / f"{i:06d}.npy", lambda f: np.save(f, r["depth"]))
+        lm = r["landmarks_2d"]
+        rows.append([name, repr(r["yaw"]), repr(r["pitch"]), repr(r["roll"]), repr(r["radius"]),
+                     r["identity_seed"]] + [repr(float(v)) for v in lm.reshape(-1)])
+    seconds = time.perf_counter() - start
+
+    def write_csv(f):
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(csv_columns())
+        writer.writerows(rows)
+        f.write(text.getvalue().encode())
+
+    _atomic_write(out_dir / "ground_truth.csv", write_csv)
+    meta = _meta(count, resolution, seed, camera, roll_std)
+    _atomic_write(out_dir / "meta.json",
+                  lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+    return dict(count=count, seconds=seconds, seconds_per_image=seconds / max(count, 1))
+
+
+def contact_sheet(images: list[np.ndarray], ncols: int, pad: int = 2) -> np.ndarray:
+    """Grid [rows*(H+pad)+pad, ncols*(W+pad)+pad, 3] uint8 of equally sized images."""
+    assert images, "contact_sheet needs at least one image"
+    h, w = images[0].shape[:2]
+    for im in images:
+        assert im.shape == (h, w, 3) and im.dtype == np.uint8, "images must be HxWx3 uint8, same size"
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    sheet = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncols)
+        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+        sheet[y0:y0 + h, x0:x0 + w] = im
+    return sheet
