@@ -16,19 +16,19 @@ min_version("9.0")
 configfile: "params.yaml"
 
 sys.path.insert(0, workflow.basedir)
-from gmnr.config import ParamsError, validate as validate_params
+from gmnr.config import ParamsError, overrides_between, resolve
 
-# The validated, typed values replace the raw ones: `--config 'synth={count: 50}'` hands
-# nested values over as strings.
+# params.yaml, then the demo section when dataset is demo, then --config (as `-S` would).
+RAW_PARAMS = yaml.safe_load(Path(workflow.basedir, "params.yaml").read_text())
+OVERRIDES = overrides_between(RAW_PARAMS, config)
 try:
-    PARAMS = validate_params(config, "params (params.yaml + --config)")
+    PARAMS = resolve(RAW_PARAMS, OVERRIDES, "params (params.yaml + --config)")
 except ParamsError as err:
     sys.stderr.write(f"gmnr: {err}\n")
     sys.exit(2)
+# Typed, resolved values replace the raw ones (--config hands nested values over as strings).
 config.clear()
 config.update(PARAMS.model_dump(mode="json"))
-# What params.yaml alone says; stages get `-S key=value` for what --config changed.
-BASE_CONFIG = validate_params(yaml.safe_load(Path(workflow.basedir, "params.yaml").read_text())).model_dump(mode="json")
 validate(config, "workflow/schemas/params.schema.json")
 
 # Jobs run `python -m gmnr ...`: without --use-conda that must be the Python running Snakemake.

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -83,8 +83,56 @@ class Pose(Strict):
 
 
 class Pack(Strict):
-    resolution: Annotated[int, Field(ge=16, le=2048)] = 128
+    resolution: Annotated[int, Field(ge=16, le=2048)] | None = Field(
+        None, description="training resolution; null = the dataset's published resolution")
     max_abs_yaw_deg: Annotated[float, Field(gt=0, le=180)] = 90.0
+
+
+def _power_of_two(n: int) -> int:
+    if n < 4 or n & (n - 1):
+        raise ValueError(f"must be a power of two >= 4, got {n}")
+    return n
+
+
+PowerOfTwo = Annotated[int, AfterValidator(_power_of_two)]
+
+
+class GMPI(Strict):
+    """Generator sizes (published GMPI values); the discriminator shares channel_base/max."""
+    z_dim: PositiveInt = 512
+    w_dim: PositiveInt = 512
+    mapping_layers: PositiveInt = 8
+    channel_base: PositiveInt = 32768
+    channel_max: PositiveInt = 512
+    planes_train: Annotated[int, Field(ge=2)] = 32
+    planes_eval: Annotated[int, Field(ge=2)] = 96
+    alpha_max_res: PowerOfTwo = 256
+    mbstd_group_size: PositiveInt = 4
+
+
+class Train(Strict):
+    steps: PositiveInt = 5000
+    batch_per_gpu: PositiveInt | None = Field(None, description="null: 8 at <= 256 px, 4 above (published)")
+    lr_g: PositiveFloat = 0.002
+    lr_d: PositiveFloat = 0.002
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.9)
+    grad_clip: PositiveFloat | None = 10.0
+    ema_kimg: Annotated[float, Field(ge=0)] = 10.0
+    r1_gamma: Annotated[float, Field(ge=0)] = 10.0
+    r1_interval: PositiveInt = 16
+    views_per_latent: PositiveInt = 4
+    noise_mode: Literal["random", "const", "none"] = "random"
+    pretrained: str | None = Field(None, description="weights registry name or .pkl path; null = from scratch")
+    amp: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    checkpoint_every: PositiveInt = 500
+    keep_last: PositiveInt = 3
+    sample_every: PositiveInt = 500
+    log_every: PositiveInt = 10
+    grid_latents: PositiveInt = 4
+    grid_views: PositiveInt = 5
+    threads: PositiveInt = 2
 
 
 class Params(Strict):
@@ -98,6 +146,10 @@ class Params(Strict):
     landmarks: Landmarks = Landmarks()
     pose: Pose = Pose()
     pack: Pack = Pack()
+    gmpi: GMPI = GMPI()
+    train: Train = Train()
+    demo: dict[Literal["pack", "gmpi", "train"], dict[str, Any]] = Field(
+        default_factory=dict, description="values that replace the ones above when dataset is demo")
 
     @model_validator(mode="after")
     def _all_camera_families(self):
@@ -128,6 +180,15 @@ class Params(Strict):
     def camera(self) -> Camera:
         return self.cameras[self.camera_family()]
 
+    def training_resolution(self) -> int:
+        if self.pack.resolution is not None:
+            return self.pack.resolution
+        if self.dataset == "demo":
+            return self.synth.resolution
+        from gmnr.data.registry import get_dataset
+        entry = get_dataset(self.dataset)
+        return entry.resize_to or entry.resolution
+
 
 def _format_error(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "<top level>"
@@ -141,15 +202,43 @@ def _format_error(err: dict) -> str:
     return f"'{key}': {err['msg']}{got_text}"
 
 
-def validate(data: dict[str, Any], source: str = "params") -> Params:
-    """Validate a params mapping; raise :class:`ParamsError` with one line per problem."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+def _validate_model(data: dict[str, Any], source: str) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
         lines = [f"{source}: {_format_error(e)}" for e in exc.errors(include_url=False)]
         raise ParamsError("; ".join(lines)) from None
+
+
+def validate(data: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping as it stands; raise :class:`ParamsError`, one line for all problems."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return _validate_model(data, source)
+
+
+def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: str = "params") -> Params:
+    """params.yaml data -> validated params, in order of precedence (last wins):
+
+    1. the values in the file (the published settings);
+    2. when the dataset is ``demo``, the ``demo`` section's values (sizes that fit a laptop);
+    3. ``KEY=VALUE`` overrides (``-S`` on the CLI, ``--config`` in Snakemake).
+    """
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    overrides = list(overrides or [])
+    dataset = data.get("dataset")
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["dataset"]:
+            dataset = value
+    merged = json.loads(json.dumps(data))
+    demo = merged.get("demo") or {}
+    if dataset == "demo" and isinstance(demo, dict):
+        for section, values in demo.items():
+            if isinstance(merged.get(section), dict) and isinstance(values, dict):
+                merged[section].update(values)
+    return validate(apply_overrides(merged, overrides), source)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -182,7 +271,25 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return validate(apply_overrides(data or {}, overrides or []), source=str(path))
+    return resolve(data or {}, overrides, source=str(path))
+
+
+def overrides_between(base: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """``KEY=VALUE`` strings for every leaf of ``config`` that differs from ``base`` (what
+    ``snakemake --config`` changed relative to params.yaml)."""
+    ours, theirs = flatten(config), flatten(base)
+    return [f"{k}={json.dumps(v)}" for k, v in ours.items() if theirs.get(k, object()) != v]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and empty mappings stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def section_hash(params: Params, *sections: str) -> str:

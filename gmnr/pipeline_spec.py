@@ -6,7 +6,6 @@ commands, dependencies, params and outputs.
 """
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -57,27 +56,14 @@ class Stage:
         """The values of exactly the params this stage reads (Snakemake reruns when they change)."""
         return {key: lookup(config, key) for key in self.params}
 
-    def command(self, config: dict[str, Any], base: dict[str, Any]) -> str:
-        """The dvc.yaml command plus ``-S key=value`` for every param this stage reads whose
-        value differs from params.yaml (Snakemake's ``--config``), so the stage sees what
-        Snakemake sees. Params of other stages never enter the command, so overriding them
-        does not rerun this stage."""
+    def command(self, overrides: list[str]) -> str:
+        """The dvc.yaml command plus ``-S key=value`` for each override (Snakemake's
+        ``--config``) that touches a param this stage reads, so the stage sees what Snakemake
+        sees. Overrides of other stages' params never enter the command, so they do not rerun
+        this stage."""
         scope = (*self.params, "dataset", "paths")
-        ours, theirs = flatten(config), flatten(base)
-        changed = [key for key in ours if ours[key] != theirs.get(key)
-                   and any(key == s or key.startswith(s + ".") for s in scope)]
-        return " ".join([self.cmd, *(f"-S {shlex.quote(f'{k}={json.dumps(ours[k])}')}" for k in changed)])
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        mine = [o for o in overrides if any(o.split("=", 1)[0] == s or o.startswith(s + ".") for s in scope)]
+        return " ".join([self.cmd, *(f"-S {shlex.quote(o)}" for o in mine)])
 
 
 def load_stages(dvc_yaml: Path, config: dict[str, Any]) -> dict[str, Stage]:

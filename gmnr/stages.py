@@ -37,7 +37,7 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
     cam = params.cameras["ffhq"]
     camera = synth.SynthCamera(fov_deg=cam.fov_deg, radius=cam.radius, yaw_std=cam.yaw_std,
                                pitch_std=cam.pitch_std, truncation=cam.truncation)
-    with stage_run("synth", params, ("synth", "cameras")) as run:
+    with stage_run("source", params, ("synth", "cameras"), {"source": "synth"}) as run:
         summary = synth.generate(output, params.synth.count, params.synth.resolution, params.seed, camera,
                                  params.synth.roll_std, progress=progress)
         expected = {f"{i:06d}" for i in range(params.synth.count)}
@@ -45,7 +45,7 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
             for f in (output / sub).glob("*"):
                 if f.stem not in expected:
                     f.unlink()
-        report = {"stage": "synth", **summary}
+        report = {"stage": "source", "source": "synth", **summary}
         write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         _log_sample_sheet(run, output / "images", reports / "synth_samples.png")
@@ -64,11 +64,11 @@ def _log_sample_sheet(run, image_dir: Path, out_path: Path, n: int = 24) -> None
 def run_download(params: Params, output: Path, reports: Path, downloads: Path, from_dir: str | None,
                  progress: bool = True) -> dict:
     from gmnr.data.download import prepare_dataset
-    with stage_run("download", params, ("download",)) as run:
+    with stage_run("source", params, ("download",), {"source": "download"}) as run:
         summary = prepare_dataset(params.dataset, output, downloads, Path(from_dir) if from_dir else None,
                                   progress=progress, retries=params.download.retries,
                                   timeout_s=params.download.timeout_s)
-        report = {"stage": "download", "dataset": params.dataset, **summary}
+        report = {"stage": "source", "source": "download", "dataset": params.dataset, **summary}
         write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.log_artifact(output / "manifest.json")
@@ -124,7 +124,7 @@ def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, rep
     cam = params.camera()
     poses = read_csv(poses_csv, "poses table (gmnr pose)")
     with stage_run("pack", params, ("pack", "cameras")) as run:
-        summary = pack_dataset(image_dir, poses, output, params.pack.resolution, cam.fov_deg,
+        summary = pack_dataset(image_dir, poses, output, params.training_resolution(), cam.fov_deg,
                                cam.model_dump(mode="json"), params.pack.max_abs_yaw_deg, progress=progress)
         report = {"stage": "pack", **summary}
         write_json(report, reports / "pack.json")

@@ -16,7 +16,7 @@ for _stage in STAGES.values():
         input: _stage.deps
         output: _outputs(_stage)
         params:
-            cmd=_stage.command(config, BASE_CONFIG),
+            cmd=_stage.command(OVERRIDES),
             values=_stage.param_values(config),
         log: f"logs/{config['dataset']}/{_stage.name}.log"
         threads: _stage.threads

@@ -1,0 +1,298 @@
+"""Multiplane-image (MPI) rendering as pure tensor functions (GMPI's fast renderer).
+
+Geometry (GMPI): P fronto-parallel planes live in the frame of a *canonical* camera, the
+dataset's frontal camera ``camera.pose_to_cam2world(0, 0, 0, radius, center)`` with intrinsics
+``camera.intrinsics_from_fov``. Plane ``i`` is the set ``z = d_i`` in that camera's (OpenCV) frame
+and spans exactly the canonical frustum at that depth, so its texture is an image of the canonical
+view's size: texel centre ``(j + 0.5, i + 0.5)`` is the point that the canonical camera sees at
+that pixel. Rendering a target view warps every plane with its plane-induced homography
+(bilinear, zeros outside the plane) and composites front to back:
+``w_i = a_i * prod_{j<i} (1 - a_j + 1e-10)``, ``rgb = sum_i w_i c_i``, ``depth = sum_i w_i z_i``.
+Everything is O(P * H * W); no tensor carries a 3x3 matrix per pixel.
+
+Conventions follow :mod:`gmnr.render.camera`: ``cam2world`` [B, 4, 4] (OpenCV frame), intrinsics
+in pixel units of the image they describe (``src_K`` for the texture size, ``tgt_K`` for the
+output size), pixel centres at ``i + 0.5``. Camera/intrinsic batches of size 1 broadcast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+TRANSMITTANCE_EPS = 1e-10  # GMPI's term in prod_{j<i}(1 - a_j + eps): keeps the product non-zero
+MIN_INV_DEPTH_RATIO = 1e-6  # rays with d_i / z <= this (behind the camera, or ~infinitely far) are invalid
+
+
+def _require(cond: bool, msg: str) -> None:
+    """Shape/value check that survives ``python -O`` (unlike ``assert``)."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Planes and compositing
+# --------------------------------------------------------------------------------------------
+
+def plane_depths(near: float, far: float, n_planes: int, dtype=None, device=None) -> Tensor:
+    """Depths [P] uniform in disparity between ``near`` and ``far``, ordered near to far.
+
+    Uniform disparity spaces planes by equal image-space parallax, so nearby planes (where a
+    small depth change moves pixels most) are denser. Endpoints are exactly ``near`` and ``far``.
+    """
+    _require(int(n_planes) == n_planes and n_planes >= 2, f"n_planes must be an integer >= 2, got {n_planes}")
+    _require(0.0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
+    disparity = torch.linspace(1.0 / near, 1.0 / far, int(n_planes), dtype=torch.float64)
+    depths = 1.0 / disparity
+    depths[0], depths[-1] = near, far
+    return depths.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def _plane_values(z: Tensor, batch: int, n_planes: int, hw: tuple[int, int], like: Tensor) -> Tensor:
+    """Per-plane depths as [B|1, P, 1, 1|H, 1|W] for broadcasting against [B, P, 1, H, W]."""
+    z = torch.as_tensor(z).to(dtype=like.dtype, device=like.device)
+    if z.ndim == 1:
+        _require(z.shape[0] == n_planes, f"z [P] must have P={n_planes} entries, got {_shape(z)}")
+        return z.view(1, n_planes, 1, 1, 1)
+    if z.ndim == 2:
+        _require(z.shape[0] in (1, batch) and z.shape[1] == n_planes,
+                 f"z [B, P] must be [{batch}, {n_planes}] (or batch 1), got {_shape(z)}")
+        return z.view(z.shape[0], n_planes, 1, 1, 1)
+    _require(z.ndim == 5 and z.shape[0] in (1, batch) and tuple(z.shape[1:]) == (n_planes, 1, *hw),
+             f"per-pixel z must be [{batch}, {n_planes}, 1, {hw[0]}, {hw[1]}], got {_shape(z)}")
+    return z
+
+
+def composite(rgb: Tensor, alpha: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back over-compositing of planes ordered near to far.
+
+    rgb [B, P, C, H, W] (C = 3 for colour; any C works), alpha [B, P, 1, H, W], z [P], [B, P] or
+    per-pixel [B, P, 1, H, W]. Returns rgb [B, C, H, W], depth [B, 1, H, W], weights [B, P, 1, H, W]
+    with ``w_i = a_i * prod_{j<i}(1 - a_j + 1e-10)`` (exclusive cumulative product = the
+    transmittance in front of plane i). The 1e-10 keeps transmittance strictly positive so the
+    product and its gradient stay defined when a plane is fully opaque.
+    """
+    _require(rgb.ndim == 5, f"rgb must be [B, P, C, H, W], got {_shape(rgb)}")
+    b, p, _, h, w = rgb.shape
+    _require(_shape(alpha) == (b, p, 1, h, w), f"alpha must be [B, P, 1, H, W] = {(b, p, 1, h, w)}, got {_shape(alpha)}")
+    z = _plane_values(z, b, p, (h, w), alpha)
+    transmit = torch.cumprod(1.0 - alpha + TRANSMITTANCE_EPS, dim=1)
+    transmit = torch.cat([torch.ones_like(alpha[:, :1]), transmit[:, :-1]], dim=1)
+    weights = alpha * transmit
+    return (weights * rgb).sum(dim=1), (weights * z).sum(dim=1), weights
+
+
+# --------------------------------------------------------------------------------------------
+# Plane geometry
+# --------------------------------------------------------------------------------------------
+
+def _as_cams(cam2world: Tensor, name: str) -> Tensor:
+    cam2world = torch.as_tensor(cam2world)
+    _require(cam2world.shape[-2:] == (4, 4) and cam2world.ndim in (2, 3),
+             f"{name} must be [B, 4, 4] or [4, 4], got {_shape(cam2world)}")
+    return cam2world.reshape(-1, 4, 4)
+
+
+def _as_intrinsics(k: Tensor, like: Tensor, name: str) -> Tensor:
+    k = torch.as_tensor(k)
+    _require(k.shape[-2:] == (3, 3) and k.ndim in (2, 3), f"{name} must be [3, 3] or [B, 3, 3], got {_shape(k)}")
+    return k.to(dtype=like.dtype, device=like.device).reshape(-1, 3, 3)
+
+
+def _batch_size(*sizes: int) -> int:
+    batch = max(sizes)
+    _require(all(s in (1, batch) for s in sizes), f"batch sizes {sizes} do not broadcast")
+    return batch
+
+
+def _as_depths(depths: Tensor, like: Tensor) -> Tensor:
+    """Plane depths as [B|1, P] in the dtype/device of ``like``."""
+    depths = torch.as_tensor(depths).to(dtype=like.dtype, device=like.device)
+    _require(depths.ndim in (1, 2) and depths.shape[-1] >= 1, f"depths must be [P] or [B, P], got {_shape(depths)}")
+    return depths.reshape(-1, depths.shape[-1])
+
+
+def relative_pose(src_cam2world: Tensor, tgt_cam2world: Tensor) -> Tensor:
+    """[B, 4, 4] transform from target-camera coordinates to source-camera coordinates.
+
+    ``src^-1 @ tgt`` solved as a linear system (no explicit inverse); batches of 1 broadcast.
+    """
+    src = _as_cams(src_cam2world, "src_cam2world")
+    tgt = _as_cams(tgt_cam2world, "tgt_cam2world").to(src)
+    _batch_size(src.shape[0], tgt.shape[0])
+    return torch.linalg.solve(src, tgt)
+
+
+def plane_homographies(src_cam2world: Tensor, src_K: Tensor, tgt_cam2world: Tensor, tgt_K: Tensor,
+                       depths: Tensor) -> Tensor:
+    """Homographies [B, P, 3, 3] taking target pixels (u, v, 1) to source/texture pixels per plane.
+
+    Derivation. Let ``[R | t] = src_cam2world^-1 tgt_cam2world`` map target camera coordinates
+    X_t to source ones, X_s = R X_t + t, and let plane i be e3^T X_s = d_i. The ray of target pixel
+    x is X_t = z K_t^-1 x. On the plane e3^T (R X_t + t) = d_i, i.e. r3^T X_t = d_i - t_z =: delta_i
+    with r3 = R^T e3 (the plane normal in target coordinates, the third row of R) and delta_i the
+    target camera's signed distance to the plane. On the plane r3^T X_t / delta_i = 1, so
+    X_s = R X_t + t (r3^T X_t) / delta_i = (R + t r3^T / delta_i) X_t and
+        x_s ~ K_s (R + t r3^T / delta_i) K_t^-1 x,
+    the textbook plane-induced homography K_s (R - t n^T / d) K_t^-1 with the plane written in the
+    target frame as n^T X_t + d = 0, n = -r3, d = delta_i.
+
+    Scale: K_s and K_t^-1 have third row e3^T and e3^T X_s = d_i, so the third component of H x
+    equals d_i / z, with z the target-camera depth of the intersection: it is positive exactly when
+    the plane is hit in front of the target camera. :func:`warp_planes` relies on this scale.
+    """
+    rel = relative_pose(src_cam2world, tgt_cam2world)
+    k_s = _as_intrinsics(src_K, rel, "src_K")
+    k_t = _as_intrinsics(tgt_K, rel, "tgt_K")
+    d = _as_depths(depths, rel)
+    _batch_size(rel.shape[0], k_s.shape[0], k_t.shape[0], d.shape[0])
+    r, t = rel[:, :3, :3], rel[:, :3, 3]
+    delta = d - t[:, 2:3]  # [B, P]
+    eps = torch.finfo(delta.dtype).eps
+    delta = torch.where(delta.abs() < eps, torch.full_like(delta, eps), delta)  # plane through the camera centre
+    plane = r[:, None] + t[:, None, :, None] * r[:, None, 2:3, :] / delta[..., None, None]  # [B, P, 3, 3]
+    return k_s[:, None] @ plane @ torch.linalg.inv(k_t)[:, None]
+
+
+def _pixel_centres(out_hw: tuple[int, int], like: Tensor) -> Tensor:
+    """Homogeneous pixel centres [H, W, 3] = (u, v, 1) with u = x + 0.5, v = y + 0.5."""
+    h, w = out_hw
+    ys = torch.arange(h, dtype=like.dtype, device=like.device) + 0.5
+    xs = torch.arange(w, dtype=like.dtype, device=like.device) + 0.5
+    v, u = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([u, v, torch.ones_like(u)], dim=-1)
+
+
+def _check_hw(hw, name: str) -> tuple[int, int]:
+    _require(len(tuple(hw)) == 2 and all(int(s) == s and s >= 1 for s in hw), f"{name} must be (H, W) >= 1, got {hw}")
+    return int(hw[0]), int(hw[1])
+
+
+def plane_depth_in_target(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt_K: Tensor, depths: Tensor,
+                          out_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Target-camera depth z [B, P, 1, H, W] of each pixel ray's hit on each plane, and its mask.
+
+    From the derivation in :func:`plane_homographies`, z = delta_i / (r3^T K_t^-1 x): a scalar field
+    per plane, so no per-pixel matrices are needed. The mask [B, P, 1, H, W] is True where the ray
+    hits the (infinite) plane in front of the camera (d_i / z > 1e-6, the same test warp_planes
+    applies); it ignores the plane's finite extent, where the warped alpha is zero anyway. Depth is
+    0 where the mask is False, so ``weights * z`` stays finite (the weights are zero there).
+    """
+    out_hw = _check_hw(out_hw, "out_hw")
+    rel = relative_pose(src_cam2world, tgt_cam2world)
+    k_t = _as_intrinsics(tgt_K, rel, "tgt_K")
+    d = _as_depths(depths, rel)
+    batch = _batch_size(rel.shape[0], k_t.shape[0], d.shape[0])
+    row = rel[:, 2, :3, None].mT @ torch.linalg.inv(k_t)  # [B, 1, 3]: r3^T K_t^-1
+    cos_term = torch.einsum("bj,hwj->bhw", row[:, 0], _pixel_centres(out_hw, rel))  # r3^T K_t^-1 x
+    delta = d - rel[:, 2:3, 3]  # [B, P]
+    eps = torch.finfo(delta.dtype).eps
+    delta = torch.where(delta.abs() < eps, torch.full_like(delta, eps), delta)
+    inv_z = cos_term[:, None] / delta[..., None, None]  # [B, P, H, W]
+    mask = (inv_z * d[..., None, None]) > MIN_INV_DEPTH_RATIO
+    z = torch.where(mask, 1.0 / torch.where(mask, inv_z, torch.ones_like(inv_z)), torch.zeros_like(inv_z))
+    shape = (batch, d.shape[1], 1, *out_hw)
+    return z.unsqueeze(2).expand(shape), mask.unsqueeze(2).expand(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Warping
+# --------------------------------------------------------------------------------------------
+
+def _plane_grid(homographies: Tensor, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """Normalised grid_sample coordinates [B, P, H, W, 2] for sampling textures of size ``src_hw``.
+
+    align_corners=False maps -1/+1 to the outer texture edges, so pixel coordinate u (centres at
+    j + 0.5) becomes 2 u / Ws - 1. Rays that miss the plane in front of the camera (third
+    homogeneous coordinate d_i / z <= 1e-6) are sent outside the texture, where zero padding
+    yields 0; coordinates are clamped to a band just outside the texture so grazing rays never
+    produce inf/nan values or gradients.
+    """
+    q = torch.einsum("bpij,hwj->bphwi", homographies, _pixel_centres(out_hw, homographies))
+    w = q[..., 2:]
+    valid = w > MIN_INV_DEPTH_RATIO
+    uv = q[..., :2] / torch.where(valid, w, torch.ones_like(w))
+    size = torch.tensor([src_hw[1], src_hw[0]], dtype=uv.dtype, device=uv.device)
+    uv = torch.where(valid, uv, torch.full_like(uv, -2.0))
+    uv = torch.minimum(torch.maximum(uv, torch.full_like(size, -2.0)), size + 2.0)
+    return 2.0 * uv / size - 1.0
+
+
+def _sample_planes(planes: Tensor, grid: Tensor) -> Tensor:
+    """Sample per-plane textures [B, P, C, Hs, Ws] at grid [B, P, H, W, 2] -> [B, P, C, H, W]."""
+    b, p, c, hs, ws = planes.shape
+    h, w = grid.shape[2:4]
+    planes = planes.expand(grid.shape[0], p, c, hs, ws) if b == 1 else planes
+    out = F.grid_sample(planes.reshape(-1, c, hs, ws), grid.reshape(-1, h, w, 2).to(planes.dtype),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(grid.shape[0], p, c, h, w)
+
+
+def _sample_shared(image: Tensor, grid: Tensor) -> Tensor:
+    """Sample one image [B, C, Hs, Ws] shared by all planes at grid [B, P, H, W, 2].
+
+    The P plane grids are stacked along the output height, so grid_sample reads the single image
+    P times without materialising P copies of it. Returns a [B, P, C, H, W] view.
+    """
+    b, c, hs, ws = image.shape
+    bg, p, h, w, _ = grid.shape
+    image = image.expand(bg, c, hs, ws) if b == 1 else image
+    out = F.grid_sample(image, grid.reshape(bg, p * h, w, 2).to(image.dtype),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(bg, c, p, h, w).transpose(1, 2)
+
+
+def warp_planes(rgba: Tensor, homographies: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """Warp plane textures [B, P, C, Hs, Ws] into the target view -> [B, P, C, H, W].
+
+    ``homographies`` [B, P, 3, 3] come from :func:`plane_homographies` (their scale marks rays that
+    hit the plane behind the camera, which sample zeros). Bilinear, zero outside the plane.
+    """
+    out_hw = _check_hw(out_hw, "out_hw")
+    _require(rgba.ndim == 5, f"rgba must be [B, P, C, Hs, Ws], got {_shape(rgba)}")
+    b, p = rgba.shape[:2]
+    _require(homographies.ndim == 4 and homographies.shape[1:] == (p, 3, 3),
+             f"homographies must be [B, P, 3, 3] = [{b}, {p}, 3, 3], got {_shape(homographies)}")
+    batch = _batch_size(b, homographies.shape[0])
+    grid = _plane_grid(homographies, rgba.shape[-2:], out_hw).expand(batch, p, *out_hw, 2)
+    return _sample_planes(rgba, grid)
+
+
+# --------------------------------------------------------------------------------------------
+# Full render
+# --------------------------------------------------------------------------------------------
+
+def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor, src_K: Tensor,
+               tgt_cam2world: Tensor, tgt_K: Tensor, out_hw: tuple[int, int]) -> dict[str, Tensor]:
+    """Render an MPI from target cameras.
+
+    rgb: per-plane colours [B, P, C, Hs, Ws] or GMPI's single image shared by all planes
+    [B, C, Hs, Ws] (C = 3 for colour; feature maps work too); alpha [B, P, 1, Hs, Ws]; depths [P] (or [B, P]) near to far, in the canonical
+    (source) camera frame, all > 0; cameras [B, 4, 4], intrinsics [3, 3] or [B, 3, 3] in pixel units of the
+    texture (src) and output (tgt) sizes. MPI and camera batches of size 1 broadcast.
+
+    Returns ``rgb`` [B, C, H, W], ``depth`` [B, 1, H, W] (target-camera z, not normalised by the
+    accumulated alpha), ``weights`` [B, P, 1, H, W] and ``alpha_acc`` [B, 1, H, W] = sum of weights.
+    """
+    out_hw = _check_hw(out_hw, "out_hw")
+    _require(alpha.ndim == 5 and alpha.shape[2] == 1, f"alpha must be [B, P, 1, Hs, Ws], got {_shape(alpha)}")
+    b, p, _, hs, ws = alpha.shape
+    shared = rgb.ndim == 4
+    ok = rgb.ndim in (4, 5) and rgb.shape[0] == b and rgb.shape[-2:] == (hs, ws) and (shared or rgb.shape[1] == p)
+    _require(ok, f"rgb must be [B, P, C, Hs, Ws] = [{b}, {p}, C, {hs}, {ws}] or shared [B, C, Hs, Ws] = "
+                 f"[{b}, C, {hs}, {ws}] to match alpha {_shape(alpha)}, got {_shape(rgb)}")
+    d = torch.as_tensor(depths)
+    _require(d.ndim in (1, 2) and d.shape[-1] == p, f"depths must be [P] or [B, P] with P={p}, got {_shape(d)}")
+    homographies = plane_homographies(src_cam2world, src_K, tgt_cam2world, tgt_K, depths)
+    batch = _batch_size(b, homographies.shape[0])
+    grid = _plane_grid(homographies, (hs, ws), out_hw).expand(batch, p, *out_hw, 2)
+    alpha_t = _sample_planes(alpha, grid)
+    rgb_t = _sample_shared(rgb, grid) if shared else _sample_planes(rgb, grid)
+    z, _ = plane_depth_in_target(src_cam2world, tgt_cam2world, tgt_K, depths, out_hw)
+    image, depth, weights = composite(rgb_t, alpha_t, z.to(alpha_t))
+    return {"rgb": image, "depth": depth, "weights": weights, "alpha_acc": weights.sum(dim=1)}

@@ -1,0 +1,144 @@
+"""The whole data chain through both engines, on a small demo set, in a copy of the project.
+
+Slow (about two minutes): marked `slow`, and still part of `make test` / CI."""
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, env_with_venv
+
+pytestmark = pytest.mark.slow
+STAGES = ("source", "landmarks", "pose", "pack")
+
+
+def _run(args, cwd, timeout=900):
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env_with_venv(), timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+def _snakemake(*args, cwd):
+    return _run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd)
+
+
+def _dvc(*args, cwd):
+    return _run(["dvc", *args], cwd)
+
+
+def _jobs_planned(dry_run_output: str) -> set[str]:
+    """Rule names in Snakemake's 'Job stats' table of a dry run."""
+    table = dry_run_output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"job"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["synth"]["count"] = 40
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done, seconds = _snakemake(cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"\nfirst snakemake run: {seconds:.1f} s")
+    return root
+
+
+def test_first_run_produces_every_output_with_good_detection_and_pose(project):
+    reports = {s: json.loads((project / "reports" / "demo" / f"{s}.json").read_text()) for s in STAGES}
+    assert reports["source"]["count"] == 40
+    assert reports["landmarks"]["images_total"] == 40
+    assert reports["landmarks"]["detection_rate_yaw30"] >= 0.9, reports["landmarks"]
+    assert reports["pose"]["yaw_abs_err_deg_median_yaw30"] <= 3.0, reports["pose"]
+    assert reports["pose"]["pitch_abs_err_deg_median_yaw30"] <= 3.0, reports["pose"]
+    labels = json.loads((project / "data" / "processed" / "demo" / "dataset.json").read_text())
+    assert len(labels["labels"]) == reports["pack"]["images_packed"] == reports["pose"]["poses_ok"]
+    assert len(list((project / "data" / "processed" / "demo" / "images").glob("*.png"))) == len(labels["labels"])
+    assert (project / "data" / "interim" / "demo" / "detections").is_dir()
+
+
+def test_second_snakemake_and_dvc_are_noops(project):
+    done, seconds = _snakemake(cwd=project)
+    assert done.returncode == 0 and "Nothing to be done" in done.stdout + done.stderr
+    print(f"\nno-op snakemake: {seconds:.1f} s")
+    done, seconds = _dvc("repro", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in STAGES), done.stdout
+    print(f"no-op dvc repro after snakemake: {seconds:.1f} s")
+
+
+def test_a_late_param_reruns_only_the_late_stage_in_both_engines(project):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["pack"]["resolution"] = 64
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        done, _ = _snakemake("-n", cwd=project)
+        assert _jobs_planned(done.stdout) == {"pack", "all"}, done.stdout[-2000:]
+        done, _ = _dvc("status", "--json", cwd=project)
+        assert set(json.loads(done.stdout)) == {"pack"}, done.stdout
+    finally:
+        params_file.write_text(original)
+    done, _ = _snakemake("-n", cwd=project)
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_dvc_repro_runs_the_chain_and_then_both_engines_are_noops(project):
+    done, seconds = _dvc("repro", "--force", cwd=project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"\ndvc repro --force: {seconds:.1f} s")
+    done, seconds = _dvc("repro", cwd=project)
+    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in STAGES), done.stdout
+    print(f"no-op dvc repro: {seconds:.1f} s")
+    done, seconds = _snakemake(cwd=project)
+    assert "Nothing to be done" in done.stdout + done.stderr, done.stdout[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}"],
+                              cwd=project, env=env_with_venv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        experiment = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=gmnr"))
+        body = json.dumps({"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 100}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(request))["runs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        by_stage.setdefault(tags.get("stage"), []).append((run, tags))
+    # One snakemake run and one forced dvc repro: two runs per stage, each pipeline id once.
+    assert set(by_stage) == set(STAGES)
+    for stage in STAGES:
+        entries = by_stage[stage]
+        assert len(entries) == 2
+        assert {tags["pipeline_id"].split("-")[0] for _, tags in entries} == {"snakemake", "dvc"}
+        for run, tags in entries:
+            assert run["info"]["status"] == "FINISHED"
+            assert run["data"].get("params") and run["data"].get("metrics")
+            assert tags["dataset"] == "demo" and tags["git_commit"] != "unknown"
