@@ -54,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
     p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
     p.add_argument("--output", type=Path, help="default: <paths.processed>/<dataset>")
+    p = sub.add_parser("train", parents=[common], help="train params.model on the packed set (resumes by default)")
+    p.add_argument("--input", type=Path, help="packed training set (default: <paths.processed>/<dataset>)")
+    p.add_argument("--output", type=Path, help="run folder (default: <paths.runs>/<dataset>/<model>)")
+    p.add_argument("--gpus", type=int, help="processes on this node under torchrun (default: train.gpus)")
+    p.add_argument("--nnodes", type=int, default=1, help="machines taking part (torchrun --nnodes)")
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default=None, help="address of node 0 when --nnodes > 1")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -79,6 +88,8 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         downloads = getattr(args, "downloads", None) or Path(params.paths.downloads)
         from_dir = getattr(args, "from_dir", None) or params.download.from_dir
         return stages.run_download(params, output, reports, downloads, from_dir, progress)
+    if args.command == "train":
+        return _train(args, params, progress)
     image_dir = args.input or params.raw_dir()
     if args.command == "landmarks":
         return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)
@@ -91,8 +102,29 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _train(args: argparse.Namespace, params, progress: bool) -> dict | None:
+    nproc = args.gpus if args.gpus is not None else params.train.gpus
+    if (nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        from gmnr.train.distributed import launch_torchrun
+        argv, skip = [], False
+        for a in args.argv:  # the same command for every process, minus the launcher's options
+            if skip or a.startswith(("--gpus", "--nnodes", "--node-rank", "--master-addr", "--master-port")):
+                skip = "=" not in a and not skip
+                continue
+            argv.append(a)
+        code = launch_torchrun(max(nproc, 1), argv, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+        if code:
+            raise RuntimeError(f"torchrun exited with status {code}")
+        return None
+    from gmnr.train.loop import train
+    return train(params, args.input or params.processed_dir(), args.output or params.run_dir(), progress,
+                 stop_after=args.stop_after)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         report = _dispatch(args)
     except (ParamsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:

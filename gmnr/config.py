@@ -18,7 +18,7 @@ DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
 DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2"]
-ModelName = Literal["gmpi", "gmnr", "mvcgan"]
+ModelName = Literal["gmpi"]  # gmnr and mvcgan join as they land
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -38,6 +38,7 @@ class Paths(Strict):
     processed: str = "data/processed"
     downloads: str = "data/downloads"
     reports: str = "reports"
+    runs: str = "runs"
 
 
 class Camera(Strict):
@@ -112,6 +113,7 @@ class GMPI(Strict):
 
 class Train(Strict):
     steps: PositiveInt = 5000
+    gpus: Annotated[int, Field(ge=0)] = Field(0, description="processes per node under torchrun; 0 or 1 = one process")
     batch_per_gpu: PositiveInt | None = Field(None, description="null: 8 at <= 256 px, 4 above (published)")
     lr_g: PositiveFloat = 0.002
     lr_d: PositiveFloat = 0.002
@@ -170,6 +172,9 @@ class Params(Strict):
 
     def reports_dir(self) -> Path:
         return Path(self.paths.reports) / self.dataset
+
+    def run_dir(self) -> Path:
+        return Path(self.paths.runs) / self.dataset / self.model
 
     def camera_family(self) -> str:
         if self.dataset == "demo":

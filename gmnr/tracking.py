@@ -129,7 +129,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _start(stage: str, tags: dict[str, str]) -> StageRun:
+def _start(stage: str, tags: dict[str, str], resume_run_id: str | None = None) -> StageRun:
     uri = default_tracking_uri()
     reason = _reachable(uri)
     if reason:
@@ -152,7 +152,11 @@ def _start(stage: str, tags: dict[str, str]) -> StageRun:
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}:{tags.get('dataset', '')}", tags=tags)
+        if resume_run_id:  # a resumed training job continues its own run
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}:{tags.get('dataset', '')}",
+                                   tags=tags)
         return StageRun(mlflow, run.info.run_id)
     except Exception as exc:
         warnings.warn(f"MLflow store {uri} unusable ({type(exc).__name__}: {exc}); "
@@ -161,8 +165,8 @@ def _start(stage: str, tags: dict[str, str]) -> StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags: dict[str, str] | None = None
-              ) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags: dict[str, str] | None = None,
+              resume_run_id: str | None = None, enabled: bool = True) -> Iterator[StageRun]:
     """Open one MLflow run for a stage; log the params sections it reads and its duration.
 
     The run ends FINISHED when the body returns and FAILED when it raises (the exception
@@ -172,8 +176,9 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags:
     tags = {"stage": stage, "dataset": params.dataset, "model": params.model, "git_commit": git_commit(),
             "params_hash": section_hash(params, *sections), "pipeline_id": pipeline_id(),
             "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:500], **(extra_tags or {})}
-    run = _start(stage, tags)
-    run.log_params({"dataset": params.dataset, "seed": params.seed, **{s: dumped[s] for s in sections}})
+    run = _start(stage, tags, resume_run_id) if enabled else StageRun()
+    if not resume_run_id:
+        run.log_params({"dataset": params.dataset, "seed": params.seed, **{s: dumped[s] for s in sections}})
     started = time.perf_counter()
     status = "FAILED"
     try:

@@ -118,11 +118,17 @@ class GMPIGenerator(nn.Module):
 
     def render(self, ws: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
                n_planes: int | None = None, noise_mode: str = "const") -> dict[str, torch.Tensor]:
-        """Render the MPI of ``ws`` from ``cam2world`` [B, 4, 4] with normalised intrinsics [B, 3, 3]
-        (None: the dataset camera). Returns image [B, 3, R, R], depth, alpha_acc, weights, alpha."""
+        """Render the MPI of ``ws`` [B, num_ws, w_dim] from ``cam2world`` [B * V, 4, 4] (V views per
+        latent, latent-major) with normalised intrinsics [B * V, 3, 3] (None: the dataset camera).
+        Returns image [B * V, 3, R, R], depth, alpha_acc, weights, and the MPI itself."""
         n_planes = n_planes or (self.cfg.planes_train if self.training else self.cfg.planes_eval)
         res = self.cfg.resolution
         img, alpha, depths = self.synthesize(ws, n_planes, noise_mode)
+        views = cam2world.shape[0] // ws.shape[0]
+        assert cam2world.shape[0] == views * ws.shape[0], \
+            f"cam2world batch {cam2world.shape[0]} must be a multiple of the latent batch {ws.shape[0]}"
+        if views > 1:  # several views of each MPI (latent-major order): synthesise once, render many
+            img, alpha = img.repeat_interleave(views, 0), alpha.repeat_interleave(views, 0)
         k_src = self.canonical_intrinsics(ws.device)
         if intrinsics is None:
             k_tgt = k_src

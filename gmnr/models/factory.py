@@ -1,0 +1,31 @@
+"""The one place that knows which networks a `model:` value means."""
+from __future__ import annotations
+
+import torch
+
+from gmnr.config import Params
+
+
+def world2cam_label(cam2world: torch.Tensor) -> torch.Tensor:
+    """The discriminator's camera label: the flattened 4x4 world-to-camera matrix [B, 16]."""
+    return torch.linalg.inv(cam2world.reshape(-1, 4, 4)).reshape(-1, 16)
+
+
+def build_generator(params: Params) -> torch.nn.Module:
+    if params.model == "gmpi":
+        from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
+        cam = params.camera()
+        g = params.gmpi
+        return GMPIGenerator(GMPIConfig(
+            resolution=params.training_resolution(), z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
+            channel_base=g.channel_base, channel_max=g.channel_max, planes_train=g.planes_train,
+            planes_eval=g.planes_eval, alpha_max_res=g.alpha_max_res, fov_deg=cam.fov_deg, radius=cam.radius,
+            center=tuple(cam.center), depth_range=tuple(cam.depth_range)))
+    raise ValueError(f"model '{params.model}' has no generator in this version")
+
+
+def build_discriminator(params: Params) -> torch.nn.Module:
+    from gmnr.models.stylegan2 import Discriminator
+    g = params.gmpi
+    return Discriminator(c_dim=16, img_resolution=params.training_resolution(), channel_base=g.channel_base,
+                         channel_max=g.channel_max, epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})

@@ -1,0 +1,250 @@
+"""The training loop: short, because networks, losses, checkpoints and sampling live elsewhere.
+
+Every random draw of step s comes from generators seeded by (seed, step, stream), and the
+batch of step s is a pure function of s (`gmnr.data.dataset.sample_indices`), so a run killed
+at any point and resumed from its last checkpoint produces the same weights as an
+uninterrupted run, and N processes with batch b draw the same samples as one process with
+batch N * b (each rank takes its slice of the global draw).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gmnr.config import Params
+from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
+from gmnr.models.factory import build_discriminator, build_generator
+from gmnr.train import checkpoint as ckpt
+from gmnr.train import distributed as dist
+from gmnr.train.losses import GMPILoss, PosePrior
+from gmnr.train.samples import grid_cameras, grid_latents, render_grid
+
+STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 63))
+
+
+def batch_per_gpu(params: Params) -> int:
+    if params.train.batch_per_gpu:
+        return params.train.batch_per_gpu
+    return 8 if params.training_resolution() <= 256 else 4  # the published GMPI setting
+
+
+def _global_draw(n_total: int, rank: int, n_rank: int, fn):
+    """Draw for the whole global batch, keep this rank's slice (rank-count independent)."""
+    return fn(n_total)[rank * n_rank:(rank + 1) * n_rank]
+
+
+def _ema_beta(params: Params, total_batch: int) -> float:
+    if params.train.ema_kimg <= 0:
+        return 0.0
+    return 0.5 ** (total_batch / (params.train.ema_kimg * 1000.0))
+
+
+def _clip(parameters, max_norm: float | None) -> torch.Tensor:
+    params = [p for p in parameters if p.grad is not None]
+    if max_norm is None:
+        return torch.norm(torch.stack([p.grad.norm() for p in params])) if params else torch.tensor(0.0)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+class Trainer:
+    def __init__(self, params: Params, data_dir: Path, run_dir: Path, info: dist.DistInfo):
+        self.params, self.info, self.run_dir = params, info, Path(run_dir)
+        t = params.train
+        torch.set_num_threads(t.threads)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
+            torch.backends.cudnn.benchmark = False
+        self.device = info.device
+        self.batch = batch_per_gpu(params)
+        self.total_batch = self.batch * info.world_size
+        self.dataset = PackedDataset(data_dir, params.training_resolution())
+        torch.manual_seed(params.seed)  # initial weights: identical on every rank
+        self.G = build_generator(params).to(self.device).train()
+        self.D = build_discriminator(params).to(self.device).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        ratio = t.r1_interval / (t.r1_interval + 1)  # lazy regularisation (StyleGAN2, App. B)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=tuple(t.betas))
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.lr_d * ratio,
+                                      betas=tuple(b ** ratio for b in t.betas))
+        cam = params.camera()
+        self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
+        use_amp = t.amp and self.device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        self.loss = GMPILoss(self.G, self.D, t.r1_gamma, t.views_per_latent, t.noise_mode, self.autocast)
+        self.step = 0
+        self.mlflow_run_id: str | None = None
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "rng": ckpt.rng_state(),
+                "config": self.params.model_dump(mode="json"), "model": self.params.model,
+                "mlflow_run_id": self.mlflow_run_id or ""}
+
+    def resume(self) -> Path | None:
+        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return None
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if state.get("model") != self.params.model:
+            raise RuntimeError(f"{path} holds a '{state.get('model')}' model, params say '{self.params.model}'")
+        for name in ("G", "D", "G_ema"):
+            getattr(self, name).load_state_dict(state[name])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.mlflow_run_id = state.get("mlflow_run_id") or None
+        return path
+
+    def init_pretrained(self) -> dict | None:
+        source = self.params.train.pretrained
+        if not source:
+            return None
+        from gmnr.models.pretrained import init_generator_from_pkl
+        path = Path(source)
+        if not path.is_file():
+            from gmnr.data.download import download_weights
+            path = download_weights(source, Path(self.params.paths.downloads) / "weights")
+        report = init_generator_from_pkl(self.G, path)
+        self.G_ema.load_state_dict(self.G.state_dict())
+        return report
+
+    # -- one step -------------------------------------------------------------------------------
+    def _draws(self, step: int):
+        seed, n, b, r = self.params.seed, self.total_batch, self.batch, self.info.rank
+        z_dim, views = self.G.z_dim, self.params.train.views_per_latent
+        dev = self.device
+
+        def z(stream):
+            return _global_draw(n, r, b, lambda m: torch.randn(m, z_dim, generator=step_generator(seed, step, stream))).to(dev)
+
+        def cams(stream, per):
+            return _global_draw(n * per, r, b * per,
+                                lambda m: self.prior.sample(m, step_generator(seed, step, stream), dev))
+        return z(STREAM_Z_D), cams(STREAM_POSE_D, 1), z(STREAM_Z_G), cams(STREAM_POSE_G, views)
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        t = self.params.train
+        torch.manual_seed(step_generator(self.params.seed, step, STREAM_NOISE).initial_seed() + self.info.rank)
+        idx = sample_indices(step, self.info.rank, self.info.world_size, self.batch, len(self.dataset), self.params.seed)
+        real = load_batch(self.dataset, idx, self.device)
+        z_d, cam_d, z_g, cam_g = self._draws(step)
+        stats: dict[str, torch.Tensor] = {}
+
+        # Discriminator: main loss, and lazy R1 every r1_interval steps.
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d, s = self.loss.discriminator_loss(real["image"], real["cam2world"], z_d, cam_d)
+        loss_d.backward()
+        stats.update(s)
+        if step % t.r1_interval == 0 and t.r1_gamma > 0:
+            loss_r1, s = self.loss.r1_loss(real["image"], real["cam2world"], t.r1_interval)
+            loss_r1.backward()
+            stats.update(s)
+        dist.average_gradients(self.D.parameters(), self.info)
+        stats["grad_norm_D"] = _clip(self.D.parameters(), t.grad_clip)
+        self.opt_D.step()
+
+        # Generator: worst of N views per latent.
+        self.D.requires_grad_(False)
+        self.G.requires_grad_(True)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g, s = self.loss.generator_loss(z_g, cam_g)
+        loss_g.backward()
+        stats.update(s)
+        dist.average_gradients(self.G.parameters(), self.info)
+        stats["grad_norm_G"] = _clip(self.G.parameters(), t.grad_clip)
+        self.opt_G.step()
+
+        with torch.no_grad():  # EMA of the generator (buffers such as w_avg are copied)
+            beta = _ema_beta(self.params, self.total_batch)
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.lerp_(p, 1 - beta)
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+        return {k: dist.all_mean(v.float(), self.info) for k, v in stats.items()}
+
+    # -- outputs --------------------------------------------------------------------------------
+    def save_grid(self, name: str) -> Path:
+        from gmnr.data.images import write_png_atomic
+        t, cam = self.params.train, self.params.camera()
+        grid = render_grid(self.G_ema, grid_latents(t.grid_latents, self.G.z_dim, self.device),
+                           grid_cameras(t.grid_views, cam.truncation * cam.yaw_std, cam.radius, cam.center, self.device))
+        path = self.run_dir / "samples" / f"{name}.png"
+        write_png_atomic(path, grid)
+        return path
+
+    def save_final(self) -> Path:
+        path = self.run_dir / "final.pt"
+        tmp = path.with_name(".final.pt.tmp")
+        torch.save({"G_ema": self.G_ema.state_dict(), "config": self.params.model_dump(mode="json"),
+                    "model": self.params.model, "step": self.step}, tmp)
+        tmp.replace(path)
+        return path
+
+
+def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train (or resume) ``params.model`` on the packed set in ``data_dir``; outputs in ``run_dir``.
+
+    ``stop_after`` ends the process after that many steps of this invocation (tests use it
+    to interrupt a run at a known point)."""
+    from gmnr.io import write_json
+    from gmnr.tracking import stage_run
+
+    info = dist.init(params.train.device)
+    trainer = Trainer(params, data_dir, run_dir, info)
+    resumed = trainer.resume()
+    pretrained = None if resumed else trainer.init_pretrained()
+    t = params.train
+    sections = ("model", "gmpi", "train", "demo")
+    with stage_run("train", params, sections, {"resumed_from": str(resumed or "")}, trainer.mlflow_run_id,
+                   enabled=info.is_main) as run:
+        trainer.mlflow_run_id = run.run_id or trainer.mlflow_run_id
+        if pretrained:
+            run.log_dict(pretrained, "pretrained_report.json")
+        bar = tqdm(total=t.steps, initial=trainer.step, desc=f"train {params.model}", unit="step",
+                   disable=not (progress and info.is_main))
+        history: dict[str, float] = {}
+        steps_this_run = 0
+        while trainer.step < t.steps and (stop_after is None or steps_this_run < stop_after):
+            start = time.perf_counter()
+            stats = trainer.train_step(trainer.step)
+            trainer.step += 1
+            steps_this_run += 1
+            seconds = time.perf_counter() - start
+            history = {k: float(v) for k, v in stats.items()}
+            history.update(sec_per_step=seconds, images_per_sec=trainer.total_batch / seconds)
+            if info.is_main and (trainer.step % t.log_every == 0 or trainer.step == t.steps):
+                run.log_metrics(history, step=trainer.step)
+                bar.set_postfix(loss_G=f"{history['loss_G']:.3f}", loss_D=f"{history['loss_D']:.3f}")
+            if info.is_main and (trainer.step % t.sample_every == 0 or trainer.step == t.steps):
+                run.log_artifact(trainer.save_grid(f"step-{trainer.step:06d}"), "samples")
+            if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
+                if info.is_main:
+                    ckpt.save_checkpoint(run_dir / "checkpoints", trainer.step, trainer.state(), t.keep_last)
+                dist.barrier(info)
+            bar.update(1)
+        bar.close()
+        summary = {"stage": "train", "model": params.model, "step": trainer.step, "steps": t.steps,
+                   "world_size": info.world_size, "batch_per_gpu": trainer.batch, "resumed_from": str(resumed or ""),
+                   **{k: v for k, v in history.items()}}
+        if info.is_main and trainer.step >= t.steps:
+            final = trainer.save_final()
+            grid = trainer.save_grid("final")
+            run.log_artifact(grid)
+            run.set_tags({"final_checkpoint": str(final.resolve())})
+            summary["final_checkpoint"] = str(final)
+            write_json(summary, run_dir / "train.json")
+    dist.shutdown()
+    return summary
