@@ -5,7 +5,15 @@ import torch
 
 from gmnr.render import camera
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Analytic checks in double precision, without leaking the default into other test files."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_frontal_camera_is_opencv_look_at():

@@ -67,6 +67,18 @@ def average_gradients(params, info: DistInfo) -> None:
         offset += g.numel()
 
 
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """All-reduce-mean floating buffers (the mapping network's w_avg). Each rank updates w_avg
+    with a lerp towards its own batch mean; the lerp is linear, so the mean over ranks is
+    exactly the value one process with the whole batch computes."""
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= info.world_size
+
+
 def all_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         value = value.detach().clone()

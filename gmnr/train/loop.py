@@ -167,6 +167,7 @@ class Trainer:
         stats["grad_norm_G"] = _clip(self.G.parameters(), t.grad_clip)
         self.opt_G.step()
 
+        dist.average_buffers(self.G, self.info)
         with torch.no_grad():  # EMA of the generator (buffers such as w_avg are copied)
             beta = _ema_beta(self.params, self.total_batch)
             for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
