@@ -38,7 +38,8 @@ os.environ.setdefault("GMNR_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
 
 from gmnr.pipeline_spec import load_stages
 
-STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml", config)
+PROJECT = Path(workflow.basedir)
+STAGES = load_stages(PROJECT / "dvc.yaml", config)
 
 
 rule all:

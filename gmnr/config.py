@@ -81,6 +81,8 @@ class Pose(Strict):
     backend: Literal["builtin", "deep3dfacerecon"] = "builtin"
     deep3dfacerecon_root: str | None = None
     max_reprojection_iod: PositiveFloat = 0.08
+    shift_sigma_iod: PositiveFloat = 0.05
+    keypoint_sigma_iod: PositiveFloat = 0.04
 
 
 class Pack(Strict):

@@ -30,9 +30,25 @@ def interpolate(text: str, config: dict[str, Any]) -> str:
     return _VAR.sub(lambda m: str(lookup(config, m.group(1))), text)
 
 
-def _paths(entries: list) -> list[str]:
-    """dvc.yaml lists entries as plain strings or as one-key mappings with options."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+def _paths(entries: list, persistent: bool | None = None) -> list[str]:
+    """dvc.yaml lists entries as plain strings or as one-key mappings with options; with
+    ``persistent`` set, keep only the entries whose ``persist`` option equals it."""
+    out = []
+    for e in entries or []:
+        path, options = (e, {}) if isinstance(e, str) else next(iter(e.items()))
+        if persistent is None or bool((options or {}).get("persist")) == persistent:
+            out.append(path)
+    return out
+
+
+def _interpolate_tree(value: Any, config: dict[str, Any]) -> Any:
+    """Interpolate strings inside meta; a string that is only ``${key}`` keeps the key's type."""
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, config) for k, v in value.items()}
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value.strip())
+        return lookup(config, whole.group(1)) if whole else interpolate(value, config)
+    return value
 
 
 def is_directory(path: str) -> bool:
@@ -48,6 +64,7 @@ class Stage:
     params: list[str]
     outs: list[str]
     metrics: list[str]
+    persistent: list[str] = field(default_factory=list)
     threads: int = 1
     conda: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
@@ -70,13 +87,16 @@ def load_stages(dvc_yaml: Path, config: dict[str, Any]) -> dict[str, Stage]:
     spec = yaml.safe_load(Path(dvc_yaml).read_text())
     stages = {}
     for name, raw in spec["stages"].items():
-        meta = (raw.get("meta") or {}).get("snakemake", {})
+        meta = _interpolate_tree((raw.get("meta") or {}).get("snakemake", {}), config)
         stages[name] = Stage(
             name=name,
             cmd=interpolate(raw["cmd"], config),
             deps=[interpolate(p, config) for p in _paths(raw.get("deps"))],
             params=_paths(raw.get("params")),
-            outs=[interpolate(p, config) for p in _paths(raw.get("outs"))],
+            # Persistent outs (checkpoints) are state a rerun resumes from, not products:
+            # they are not Snakemake outputs, which Snakemake would delete before a rerun.
+            outs=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=False)],
+            persistent=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=True)],
             metrics=[interpolate(p, config) for p in _paths(raw.get("metrics"))],
             threads=int(meta.get("threads", 1)),
             conda=meta.get("conda"),

@@ -104,7 +104,8 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     table = read_csv(landmarks_csv, "landmarks table (gmnr landmarks)")
     with stage_run("pose", params, ("pose", "cameras")) as run:
         if params.pose.backend == "builtin":
-            poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod, progress=progress)
+            poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod, params.pose.shift_sigma_iod,
+                                       params.pose.keypoint_sigma_iod, progress=progress)
         else:
             poses = pose.deep3d_poses(params.pose.deep3dfacerecon_root, image_dir, table, camera, output)
         write_csv(poses, output / "poses.csv", float_format="%.8g")

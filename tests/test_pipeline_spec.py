@@ -24,7 +24,7 @@ def test_dvc_and_our_reading_of_dvc_yaml_agree():
         assert stage.cmd == mine.cmd
         dvc_deps = sorted(d.def_path for d in stage.deps if d.def_path and not d.def_path.endswith(".yaml"))
         assert dvc_deps == sorted(mine.deps)
-        assert sorted(o.def_path for o in stage.outs) == sorted(mine.outs + mine.metrics)
+        assert sorted(o.def_path for o in stage.outs) == sorted(mine.outs + mine.metrics + mine.persistent)
         dvc_params = sorted(k for d in stage.deps if hasattr(d, "params") and d.params for k in d.params)
         assert dvc_params == sorted(mine.params)
 

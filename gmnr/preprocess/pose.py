@@ -1,14 +1,14 @@
 """Head pose per image, behind one interface with two back ends.
 
 * ``builtin`` (offline): the 5 MTCNN landmarks against the mean 3D face layout
-  (:mod:`gmnr.data.face_layout`), solved as a perspective-n-point problem with the dataset
-  camera's intrinsics by Levenberg-Marquardt from several starting poses.
+  (:mod:`gmnr.data.face_layout`), fitted with the dataset camera's intrinsics for the
+  look-at camera of GMPI's model (see :func:`fit_pose`).
 * ``deep3dfacerecon``: runs the GMPI fork of Deep3DFaceRecon on the images and their keypoint
   files and converts its face rotation into our camera convention.
 
 Output per image (``poses.csv``): yaw, pitch, roll (radians, camera angles as documented in
 :mod:`gmnr.render.camera`), the estimated camera position (``tx, ty, tz``, world units of the
-mean face), the reprojection error, and ``cam2world_00..33``: the camera placed on the dataset's
+mean face, before re-seating), the reprojection error, and ``cam2world_00..33``: the camera placed on the dataset's
 sphere (radius, look-at centre) with the estimated angles, which is what the trainer reads.
 """
 from __future__ import annotations
@@ -32,80 +32,7 @@ class PoseBackendError(RuntimeError):
     pass
 
 
-# ---------------------------------------------------------------- rotations (numpy, float64)
-def rodrigues(rvec: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3, 3] from an axis-angle vector [3]."""
-    theta = float(np.linalg.norm(rvec))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = rvec / theta
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
-
-
-def rotation_log(r: np.ndarray) -> np.ndarray:
-    """Axis-angle vector [3] of a rotation matrix (inverse of :func:`rodrigues`)."""
-    cos = np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)
-    theta = np.arccos(cos)
-    if theta < 1e-9:
-        return np.zeros(3)
-    if np.pi - theta < 1e-6:  # near 180 deg: axis from the symmetric part
-        axis = np.sqrt(np.clip((np.diag(r) + 1) / 2, 0, None))
-        axis *= np.sign(np.array([1.0, *np.sign(r[0, 1:] + 1e-12)]))
-        return axis / np.linalg.norm(axis) * theta
-    w = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * np.sin(theta))
-    return w * theta
-
-
-# ---------------------------------------------------------------- PnP
-def _project(params: np.ndarray, points: np.ndarray, k: np.ndarray) -> np.ndarray:
-    cam = points @ rodrigues(params[:3]).T + params[3:]
-    uv = cam @ k.T
-    return uv[:, :2] / uv[:, 2:3]
-
-
-def solve_pnp(points_3d: np.ndarray, points_2d: np.ndarray, k: np.ndarray, init_world2cam: list[np.ndarray],
-              iterations: int = 60) -> tuple[np.ndarray, float]:
-    """World-to-camera [4, 4] minimising the pixel reprojection error, and its RMS (pixels).
-
-    Levenberg-Marquardt over (axis-angle, translation) from each starting pose; the best fit
-    wins. Several starts guard against the mirror ambiguity of nearly planar point sets.
-    """
-    assert points_3d.shape == (len(points_2d), 3) and points_2d.shape[1] == 2 and len(points_2d) >= 4
-    best, best_err = None, np.inf
-    for init in init_world2cam:
-        x = np.concatenate([rotation_log(init[:3, :3]), init[:3, 3]])
-        lam = 1e-3
-        r = (_project(x, points_3d, k) - points_2d).ravel()
-        for _ in range(iterations):
-            jac = np.empty((r.size, 6))
-            for j in range(6):
-                step = np.zeros(6)
-                step[j] = 1e-6 if j < 3 else 1e-7
-                jac[:, j] = ((_project(x + step, points_3d, k) - points_2d).ravel() - r) / step[j]
-            a = jac.T @ jac
-            g = jac.T @ r
-            dx = -np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-12), g)
-            r_new = (_project(x + dx, points_3d, k) - points_2d).ravel()
-            if r_new @ r_new < r @ r:
-                x, r, lam = x + dx, r_new, lam * 0.3
-                if np.abs(dx).max() < 1e-10:
-                    break
-            else:
-                lam *= 10
-                if lam > 1e8:
-                    break
-        err = float(np.sqrt(np.mean(np.sum(r.reshape(-1, 2) ** 2, axis=1))))
-        in_front = (points_3d @ rodrigues(x[:3]).T + x[3:])[:, 2].min() > 0
-        if err < best_err and in_front:
-            best, best_err = x, err
-    if best is None:
-        raise PoseBackendError("PnP found no pose with all points in front of the camera")
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = rodrigues(best[:3]), best[3:]
-    return m, best_err
-
-
+# ---------------------------------------------------------------- the built-in estimator
 @dataclass(frozen=True)
 class CameraModel:
     """The dataset camera the poses are expressed in (from params ``cameras.<family>``)."""
@@ -114,15 +41,52 @@ class CameraModel:
     center: tuple[float, float, float]
 
 
-def _initial_poses(camera: CameraModel) -> list[np.ndarray]:
+def _camera(x: np.ndarray, camera: CameraModel) -> np.ndarray:
     import torch
 
     from gmnr.render.camera import pose_to_cam2world
-    yaws, pitches = np.array([-0.7, 0.0, 0.7]), np.array([-0.3, 0.0, 0.3])
-    yy, pp = np.meshgrid(yaws, pitches)
-    c2w = pose_to_cam2world(torch.tensor(yy.ravel(), dtype=torch.float64), torch.tensor(pp.ravel(), dtype=torch.float64),
-                            0.0, camera.radius, camera.center)
-    return list(torch.linalg.inv(c2w).numpy())
+    t = torch.tensor(np.asarray(x[:3], dtype=np.float64))
+    return pose_to_cam2world(t[0:1], t[1:2], t[2:3], camera.radius * float(np.exp(x[3])), camera.center)[0].numpy()
+
+
+def project_layout(x: np.ndarray, k: np.ndarray, camera: CameraModel) -> np.ndarray:
+    """Pixels [5, 2] of the mean layout seen by the look-at camera ``x`` =
+    (yaw, pitch, roll, log distance scale, du, dv); (du, dv) shifts the image in pixels."""
+    world2cam = np.linalg.inv(_camera(x, camera))
+    p = MEAN_LANDMARKS_3D @ world2cam[:3, :3].T + world2cam[:3, 3]
+    uv = p @ k.T
+    return uv[:, :2] / uv[:, 2:3] + x[4:6]
+
+
+def fit_pose(points_2d: np.ndarray, k: np.ndarray, camera: CameraModel, shift_sigma_iod: float,
+             keypoint_sigma_iod: float, starts: tuple[float, ...] = (-0.6, 0.0, 0.6)) -> tuple[np.ndarray, float]:
+    """Camera parameters explaining 5 landmarks, and the RMS reprojection error in pixels.
+
+    The camera is GMPI's: on a sphere around the look-at centre, pointing at it, with yaw,
+    pitch, roll and its distance free. Aligned face crops (FFHQ and the others) put the face
+    where that model expects it, up to a small offset, so the image may shift by (du, dv)
+    under a Gaussian prior of ``shift_sigma_iod`` inter-ocular distances (IOD), against
+    landmark noise of ``keypoint_sigma_iod`` IOD (a maximum a posteriori fit). At a 12.6 degree
+    field of view a free 6-DOF PnP trades yaw against sideways translation almost freely and
+    turns a few pixels of landmark noise into many degrees; the look-at model removes that
+    ambiguity. Levenberg-Marquardt (scipy) from several starting yaws; the best fit wins.
+    """
+    from scipy.optimize import least_squares
+
+    assert points_2d.shape == (5, 2), f"expected 5 landmarks [5, 2], got {points_2d.shape}"
+    iod = max(float(np.linalg.norm(points_2d[1] - points_2d[0])), 1e-6)
+
+    def residuals(x):
+        return np.concatenate([(project_layout(x, k, camera) - points_2d).ravel() / (keypoint_sigma_iod * iod),
+                               x[4:6] / (shift_sigma_iod * iod)])
+
+    best = None
+    for yaw in starts:
+        fit = least_squares(residuals, np.array([yaw, 0.0, 0.0, 0.0, 0.0, 0.0]), method="lm")
+        if best is None or fit.cost < best.cost:
+            best = fit
+    rms = float(np.sqrt(np.mean(np.sum((project_layout(best.x, k, camera) - points_2d) ** 2, axis=1))))
+    return best.x, rms
 
 
 def pose_from_cam2world(cam2world: np.ndarray, camera: CameraModel) -> dict:
@@ -143,14 +107,14 @@ def pose_from_cam2world(cam2world: np.ndarray, camera: CameraModel) -> dict:
 
 
 def builtin_poses(landmarks: pd.DataFrame, camera: CameraModel, max_reprojection_iod: float,
-                  progress: bool = True) -> pd.DataFrame:
+                  shift_sigma_iod: float = 0.05, keypoint_sigma_iod: float = 0.04, progress: bool = True
+                  ) -> pd.DataFrame:
     """PnP pose for every ``ok`` row of a landmarks table; other rows keep their status."""
     from tqdm import tqdm
 
     from gmnr.preprocess.landmarks import keypoints_array
     from gmnr.render.camera import intrinsics_from_fov
 
-    inits = _initial_poses(camera)
     rows = []
     for _, row in tqdm(landmarks.iterrows(), total=len(landmarks), desc="pose (PnP)", unit="img",
                        disable=not progress):
@@ -159,12 +123,11 @@ def builtin_poses(landmarks: pd.DataFrame, camera: CameraModel, max_reprojection
             continue
         k = intrinsics_from_fov(camera.fov_deg, int(row.width), int(row.height), dtype=None).double().numpy()
         pts = keypoints_array(row)
-        world2cam, rms = solve_pnp(MEAN_LANDMARKS_3D, pts, k, inits)
-        iod_px = float(np.linalg.norm(pts[1] - pts[0]))
-        reproj = rms / max(iod_px, 1e-6)
+        x, rms = fit_pose(pts, k, camera, shift_sigma_iod, keypoint_sigma_iod)
+        reproj = rms / max(float(np.linalg.norm(pts[1] - pts[0])), 1e-6)
         status = "ok" if reproj <= max_reprojection_iod else "pose_fit_failed"
         rows.append({"file": row.file, "status": status, "reprojection_iod": reproj,
-                     **pose_from_cam2world(np.linalg.inv(world2cam), camera)})
+                     **pose_from_cam2world(_camera(x, camera), camera)})
     return pd.DataFrame(rows, columns=POSE_COLUMNS)
 
 

@@ -21,7 +21,7 @@ for _stage in STAGES.values():
         log: f"logs/{config['dataset']}/{_stage.name}.log"
         threads: _stage.threads
         resources: **_stage.resources
-        conda: _stage.conda
+        conda: str(PROJECT / _stage.conda) if _stage.conda else None
         shell: "{params.cmd} 2>&1 | tee {log}"
 
 

@@ -1,0 +1,112 @@
+"""Frames per second and peak memory of GMPI's generator + MPI renderer.
+
+Each (resolution, planes) point runs in a fresh process so its peak memory is its own:
+CUDA peak allocated memory on a GPU, peak resident set size (RSS) on the CPU. Networks use the
+published GMPI sizes from params.yaml (`gmpi` section, not the demo's), random weights (speed
+does not depend on them), batch 1, after warm-up. Writes a table to docs/benchmarks.md.
+
+    python benchmarks/render_speed.py                       # 256/512/1024 x 32/96 planes
+    python benchmarks/render_speed.py --resolutions 256 --planes 32 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(resolution: int, planes: int, repeats: int, device: str, threads: int) -> dict:
+    import torch
+
+    from gmnr.config import load_params
+    from gmnr.models.factory import build_generator
+    from gmnr.render.camera import pose_to_cam2world
+
+    torch.set_num_threads(threads)
+    params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"pack.resolution={resolution}"])
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    G = build_generator(params).to(dev).eval()
+    cam = pose_to_cam2world(torch.tensor([0.3]), torch.tensor([0.1])).to(dev)
+    z = torch.randn(1, G.z_dim, device=dev)
+
+    def frame():
+        with torch.no_grad():
+            G(z, cam, n_planes=planes)["image"].sum().item()  # .item() waits for the GPU
+
+    frame()  # warm-up (allocations, kernels)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        frame()
+    seconds = (time.perf_counter() - start) / repeats
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20
+        name = torch.cuda.get_device_name(dev)
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        name = f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
+    return {"resolution": resolution, "planes": planes, "seconds_per_frame": seconds, "fps": 1 / seconds,
+            "peak_memory_mb": peak_mb, "memory_kind": "CUDA peak allocated" if dev.type == "cuda" else "peak RSS",
+            "device": name, "generator_parameters": sum(p.numel() for p in G.parameters())}
+
+
+def write_markdown(rows: list[dict], out: Path) -> None:
+    device, kind = rows[0]["device"], rows[0]["memory_kind"]
+    lines = ["## GMPI render speed", "",
+             f"`python benchmarks/render_speed.py` on **{device}**, batch 1, published GMPI network sizes "
+             f"(random weights), generator + MPI renderer, after warm-up. Memory: {kind}.", "",
+             "| resolution | planes | s / frame | FPS | peak memory (MB) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['resolution']} | {r['planes']} | {r['seconds_per_frame']:.3f} | {r['fps']:.2f} | "
+              f"{r['peak_memory_mb']:.0f} |" for r in rows]
+    section = "\n".join(lines) + "\n"
+    text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
+    start = text.find("## GMPI render speed")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--planes", type=int, nargs="+", default=[32, 96])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one, args.repeats, args.device, args.threads)))
+        return
+    rows = []
+    for res in args.resolutions:
+        for planes in args.planes:
+            done = subprocess.run([sys.executable, __file__, "--one", str(res), str(planes), "--repeats",
+                                   str(args.repeats), "--device", args.device, "--threads", str(args.threads)],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                raise SystemExit(f"{res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
+                  f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB", flush=True)
+            rows.append(row)
+    write_markdown(rows, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
