@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--master-addr", default=None, help="address of node 0 when --nnodes > 1")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("render", parents=[common], help="multi-view and depth videos and a grid for a checkpoint")
+    p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
+    p.add_argument("--output", type=Path, help="default: <paths.runs>/<dataset>/<model>/render")
+    p.add_argument("--seeds", type=int, default=4, help="latents in the grid")
+    p.add_argument("--frames", type=int, default=48, help="frames per video")
     return parser
 
 
@@ -90,6 +96,9 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         return stages.run_download(params, output, reports, downloads, from_dir, progress)
     if args.command == "train":
         return _train(args, params, progress)
+    if args.command == "render":
+        return stages.run_render(params, args.checkpoint or params.run_dir() / "final.pt",
+                                 args.output or params.run_dir() / "render", args.seeds, args.frames, progress)
     image_dir = args.input or params.raw_dir()
     if args.command == "landmarks":
         return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)

@@ -132,3 +132,28 @@ def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, rep
         run.log_metrics(summary)
         _log_sample_sheet(run, output / "images", reports / "pack_samples.png")
     return report
+
+
+def run_render(params: Params, checkpoint: Path, output: Path, seeds: int, frames: int, progress: bool = True) -> dict:
+    """Videos, depth videos and a grid for a checkpoint; also attached to its training run."""
+    import torch
+
+    from gmnr.eval.video import render_outputs
+    from gmnr.models.factory import load_generator
+    from gmnr.train.distributed import init
+    torch.set_num_threads(params.train.threads)
+    device = init(params.train.device).device
+    G, trained, state = load_generator(checkpoint, device)
+    cam = trained.camera()
+    with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
+        files = render_outputs(G, output, seeds, frames, cam.truncation * cam.yaw_std, cam.truncation * cam.pitch_std,
+                               cam.radius, cam.center, tuple(cam.depth_range), None, device)
+        for f in files:
+            run.log_artifact(f, "render")
+        report = {"stage": "render", "checkpoint": str(checkpoint), "files": [str(f) for f in files],
+                  "seeds": seeds, "frames": frames}
+        write_json(report, output / "render.json")
+    if state.get("mlflow_run_id"):  # the training run shows its own videos too
+        from gmnr.tracking import attach_artifacts
+        attach_artifacts(state["mlflow_run_id"], files, "render")
+    return report

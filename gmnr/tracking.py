@@ -188,3 +188,17 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags:
         run.log_metrics({"duration_s": time.perf_counter() - started})
         if run.active:
             run._call("end_run", lambda: run._mlflow.end_run(status=status))
+
+
+def attach_artifacts(run_id: str, files: list[Path], artifact_path: str) -> None:
+    """Add files to an existing run (the training run a render belongs to); warn on failure."""
+    uri = default_tracking_uri()
+    if _reachable(uri):
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(uri)
+        for f in files:
+            client.log_artifact(run_id, str(f), artifact_path)
+    except Exception as exc:
+        warnings.warn(f"could not attach {artifact_path} artifacts to run {run_id}: {exc}", stacklevel=2)

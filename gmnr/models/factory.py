@@ -29,3 +29,19 @@ def build_discriminator(params: Params) -> torch.nn.Module:
     g = params.gmpi
     return Discriminator(c_dim=16, img_resolution=params.training_resolution(), channel_base=g.channel_base,
                          channel_max=g.channel_max, epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})
+
+
+def load_generator(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Params, dict]:
+    """The EMA generator of a ``final.pt`` (or of a training checkpoint), in eval mode, with the
+    params it was trained with. Loaded with ``weights_only=True``: no code from the file runs."""
+    from pathlib import Path
+
+    from gmnr.config import validate
+    from gmnr.train.checkpoint import load_checkpoint
+    state = load_checkpoint(Path(path), map_location=device)
+    if "G_ema" not in state or "config" not in state:
+        raise ValueError(f"{path}: not a gmnr generator checkpoint (needs 'G_ema' and 'config')")
+    params = validate(state["config"], source=f"{path} config")
+    G = build_generator(params).to(device)
+    G.load_state_dict(state["G_ema"])
+    return G.eval().requires_grad_(False), params, state

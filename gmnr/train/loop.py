@@ -190,7 +190,7 @@ class Trainer:
         path = self.run_dir / "final.pt"
         tmp = path.with_name(".final.pt.tmp")
         torch.save({"G_ema": self.G_ema.state_dict(), "config": self.params.model_dump(mode="json"),
-                    "model": self.params.model, "step": self.step}, tmp)
+                    "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}, tmp)
         tmp.replace(path)
         return path
 

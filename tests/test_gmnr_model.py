@@ -1,0 +1,226 @@
+import math
+
+import pytest
+import torch
+
+from gmnr.models.gmnr import (AlphaVdR, GMNRConfig, GMNRGenerator, canonical_view_directions, direction_encoding,
+                              positional_encoding, sample_pairs)
+from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
+from gmnr.render.camera import pixel_rays, pose_to_cam2world
+from gmnr.render.mpi import _plane_grid, _sample_planes, _sample_shared, composite, plane_depth_in_target, \
+    plane_homographies
+
+SMALL_VDR = dict(vdr_k_hidden=32, vdr_k_layers=2, vdr_h_hidden=16, vdr_h_layers=1)
+
+
+def _cfg(resolution=32, w_dim=32, planes=6):
+    return dict(resolution=resolution, z_dim=16, w_dim=w_dim, mapping_layers=2, channel_base=256, channel_max=32,
+                planes_train=planes, planes_eval=planes + 2)
+
+
+def _pair(resolution=32, w_dim=32, planes=6, **vdr):
+    """A GMPI generator and a GMNR generator holding the same GMPI weights."""
+    torch.manual_seed(0)
+    gmpi = GMPIGenerator(GMPIConfig(**_cfg(resolution, w_dim, planes)))
+    gmnr = GMNRGenerator(GMNRConfig(**_cfg(resolution, w_dim, planes), **{**SMALL_VDR, **vdr}))
+    keys = gmnr.load_state_dict(gmpi.state_dict(), strict=False)
+    assert not keys.unexpected_keys and all(k.startswith("vdr.") for k in keys.missing_keys)
+    return gmpi, gmnr
+
+
+def _cams(n=4):
+    yaw = torch.tensor([0.3, -0.2, 0.1, 0.0, -0.35, 0.25])[:n]
+    pitch = torch.tensor([0.1, 0.0, -0.1, 0.05, 0.12, -0.08])[:n]
+    return pose_to_cam2world(yaw, pitch)
+
+
+def _seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# -- encodings and the module ---------------------------------------------------------------------
+
+def test_encodings_match_their_formulas():
+    x = torch.tensor([[0.3, -0.7]])
+    enc = positional_encoding(x, 3)
+    assert enc.shape == (1, 12)
+    expected = [f(2 ** k * math.pi * v) for v in (0.3, -0.7) for k in range(3) for f in (math.sin, math.cos)]
+    assert torch.allclose(enc[0], torch.tensor(expected), atol=1e-6)
+    assert torch.equal(enc, torch.cat([positional_encoding(x[:, :1], 3), positional_encoding(x[:, 1:], 3)], 1))
+    dirs = direction_encoding(x, (1, 2, 4))
+    expected = [f(k * math.pi / 2 * v) for v in (0.3, -0.7) for k in (1, 2, 4) for f in (math.sin, math.cos)]
+    assert dirs.shape == (1, 12) and torch.allclose(dirs[0], torch.tensor(expected), atol=1e-6)
+    assert direction_encoding(x, (1, 3)).shape == (1, 8)
+
+
+def test_published_dims_and_parameter_count():
+    vdr = AlphaVdR(512)
+    assert vdr.mlp_k.dims == [568, 784, 784, 784, 12]
+    assert vdr.mlp_h.dims == [524, 64, 64, 4]
+    n = sum(p.numel() for p in vdr.parameters())
+    print(f"alpha-VdR parameters at the published settings: {n:,}")
+    assert 1.6e6 <= n <= 1.8e6
+
+
+def test_dims_derive_from_w_dim_and_encodings():
+    vdr = AlphaVdR(64, k_hidden=8, h_hidden=8)
+    assert (vdr.k_in_features, vdr.h_in_features) == (120, 76)
+    vdr = AlphaVdR(64, pos_freqs=4, depth_freqs=2, dir_freqs=(1, 2), k_hidden=8, k_layers=1, h_hidden=8, h_layers=1)
+    assert vdr.mlp_k.dims == [2 * 8 + 4 + 64, 8, 12] and vdr.mlp_h.dims == [8 + 64, 8, 4]
+
+
+def test_delta_is_k_times_h_and_zero_output_is_a_trainable_no_op():
+    torch.manual_seed(0)
+    vdr = AlphaVdR(16, k_hidden=24, h_hidden=12)
+    n = 7
+    args = (torch.rand(n, 2) * 2 - 1, torch.rand(n), torch.randn(n, 2) * 0.3, torch.randn(n, 16))
+    k, h = vdr.coefficients(*args)
+    assert k.shape == (n, 3, 4) and h.shape == (n, 4)
+    assert k.abs().max() < 1 and h.abs().max() < 1
+    assert torch.allclose(vdr.delta(*args), (k @ h[:, :, None])[..., 0], atol=1e-6)
+    vdr.zero_output_()
+    out = vdr.delta(*args)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert vdr.mlp_k.out.weight.grad.abs().sum() > 0, "K's zeroed head still learns through H"
+
+
+# -- alpha-guided pixel sampling --------------------------------------------------------------------
+
+def _weights_with_zeros(b=3, p=5, h=12, w=12, threshold=0.1):
+    torch.manual_seed(3)
+    weights = torch.rand(b, p, 1, h, w)
+    weights[torch.rand_like(weights) < 0.5] = 0.0
+    weights[0] = 0.0                             # image 0: nothing above threshold except a few
+    weights[0, 1, 0, 2, 3:9] = 0.5
+    weights[1, :, :, :4] = threshold             # exactly at the threshold: never sampled
+    return weights
+
+
+@pytest.mark.parametrize("fraction, threshold", [(0.6, 0.0), (0.3, 0.1), (1.0, 0.1)])
+def test_sample_pairs_counts_threshold_and_uniqueness(fraction, threshold):
+    weights = _weights_with_zeros(threshold=threshold if threshold > 0 else 0.1)
+    b, p, _, h, w = weights.shape
+    pairs = sample_pairs(weights, fraction, threshold, _seeded(0))
+    picked = weights[pairs.batch, pairs.plane, 0, pairs.y, pairs.x]
+    assert (picked > threshold).all()
+    valid = (weights > threshold).reshape(b, -1).sum(1)
+    counts = torch.bincount(pairs.batch, minlength=b)
+    assert torch.equal(counts, torch.round(valid.double() * fraction).long())
+    flat = ((pairs.batch * p + pairs.plane) * h + pairs.y) * w + pairs.x
+    assert flat.unique().numel() == flat.numel(), "sampling is without replacement"
+
+
+def test_sample_pairs_is_seeded_and_uniform():
+    weights = _weights_with_zeros()
+    a, b = sample_pairs(weights, 0.5, 0.0, _seeded(1)), sample_pairs(weights, 0.5, 0.0, _seeded(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = sample_pairs(weights, 0.5, 0.0, _seeded(2))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert sample_pairs(weights, 0.0, 0.0, _seeded(1)).batch.numel() == 0
+    # inclusion frequency of every eligible pair ~ fraction (uniform without replacement)
+    small = torch.zeros(1, 2, 1, 4, 4)
+    small[0, 0, 0, :, :2] = 1.0
+    small[0, 1, 0, 1:3] = 0.3                     # 16 eligible pairs
+    hits, gen, draws = torch.zeros_like(small), _seeded(5), 400
+    for _ in range(draws):
+        s = sample_pairs(small, 0.5, 0.0, gen)
+        assert s.batch.numel() == 8
+        hits[s.batch, s.plane, 0, s.y, s.x] += 1
+    freq = hits[small > 0] / draws
+    assert hits[small == 0].sum() == 0 and (freq - 0.5).abs().max() < 0.12
+
+
+# -- the generator ---------------------------------------------------------------------------------
+
+def test_view_directions_in_the_canonical_frame():
+    k = torch.tensor([[10.0, 0.0, 3.5], [0.0, 10.0, 3.5], [0.0, 0.0, 1.0]])  # pixel (3, 3) on the axis
+    canon = pose_to_cam2world(torch.tensor([0.0]), torch.tensor([0.0]))
+    yaw = torch.tensor([0.0, 0.3, -0.2])
+    cams = pose_to_cam2world(yaw, torch.zeros(3))
+    idx = torch.arange(3)
+    d = canonical_view_directions(canon, cams, k, idx, torch.full((3,), 3), torch.full((3,), 3))
+    assert torch.allclose(d, torch.stack([-torch.sin(yaw), torch.zeros(3), torch.cos(yaw)], 1), atol=1e-6)
+    # every pixel: the world-space rays of camera.pixel_rays, rotated into the canonical frame
+    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    b = torch.ones(64, dtype=torch.long)
+    got = canonical_view_directions(canon, cams, k, b, ys.reshape(-1), xs.reshape(-1))
+    _, world = pixel_rays(cams[1:2], k, 8, 8)
+    assert torch.allclose(got, world.reshape(-1, 3) @ canon[0, :3, :3], atol=1e-6)
+
+
+def test_disabled_or_zeroed_vdr_reproduces_gmpi_exactly():
+    gmpi, gmnr = _pair()
+    ws = gmpi.mapping(torch.randn(2, 16), None)
+    cams = _cams(4)  # two views per latent
+    ref = gmpi.render(ws, cams)
+    assert ref["image"].abs().max() > 1, "the test must cover base colours outside [-1, 1]"
+    out = gmnr.render(ws, cams, generator=_seeded(0))
+    assert out["n_sampled"].min() > 0 and not torch.allclose(out["image"], ref["image"])
+    assert torch.equal(out["depth"], ref["depth"]) and torch.equal(out["weights"], ref["weights"])
+    gmnr.vdr.zero_output_()
+    out = gmnr.render(ws, cams, generator=_seeded(0))
+    for key in ("image", "depth", "alpha_acc", "weights", "alpha", "mpi_rgb", "plane_depths"):
+        assert torch.equal(out[key], ref[key]), key
+    for vdr in ({"vdr_enabled": False}, {"vdr_fraction": 0.0}):
+        _, off = _pair(**vdr)
+        out = off.render(ws, cams)
+        assert torch.equal(out["image"], ref["image"]) and out["n_sampled"].sum() == 0
+
+
+def test_vdr_render_equals_dense_per_plane_compositing():
+    """Reference: materialise every plane's colour, apply clip(c + KH) at the sampled pairs with
+    inputs computed independently (camera.pixel_rays for the direction), composite densely."""
+    gmpi, gmnr = _pair(resolution=16, planes=5, vdr_fraction=0.5, vdr_strict_clip=True)
+    ws = gmnr.mapping(torch.randn(2, 16), None)
+    cams = _cams(2)
+    out = gmnr.render(ws, cams, generator=_seeded(4))
+    img, alpha, depths = gmnr.synthesize(ws, 5)
+    canon, k = gmnr.canonical_cam2world, gmnr.canonical_intrinsics()
+    grid = _plane_grid(plane_homographies(canon, k, cams, k, depths), (16, 16), (16, 16))
+    alpha_t, rgb01 = _sample_planes(alpha, grid), (_sample_shared(img, grid) + 1) / 2
+    z, _ = plane_depth_in_target(canon, cams, k, depths, (16, 16))
+    _, _, weights = composite(rgb01, alpha_t, z)
+    s = sample_pairs(weights, 0.5, 0.0, _seeded(4))
+    assert torch.equal(torch.bincount(s.batch, minlength=2), out["n_sampled"])
+    _, world = pixel_rays(cams, k, 16, 16)
+    omega = (world @ canon[0, :3, :3])[s.batch, s.y, s.x, :2]
+    d01 = (depths[s.plane] - 0.95) / (1.12 - 0.95)
+    delta = gmnr.vdr.delta(grid[s.batch, s.plane, s.y, s.x].clamp(-1, 1), d01, omega, ws[s.batch, -1])
+    dense = rgb01.clone()
+    dense[s.batch, s.plane, :, s.y, s.x] = (dense[s.batch, s.plane, :, s.y, s.x] + delta).clamp(0, 1)
+    expected, _, _ = composite(dense * 2 - 1, alpha_t, z)
+    assert torch.allclose(out["image"], expected, atol=1e-5)
+    changed = (out["image"] != gmpi.render(ws, cams)["image"]).any(1)
+    hit = torch.zeros_like(changed)
+    hit[s.batch, s.y, s.x] = True
+    assert not (changed & ~hit).any(), "only pixels with sampled pairs change"
+
+
+def test_eval_fraction_and_threshold():
+    _, gmnr = _pair(resolution=16, planes=4, vdr_fraction_eval=1.0, vdr_threshold=1e-3)
+    gmnr.eval()
+    ws = gmnr.mapping(torch.randn(1, 16), None)
+    with torch.no_grad():
+        out = gmnr.render(ws, _cams(1), generator=_seeded(0))
+    assert out["plane_depths"].numel() == 6
+    assert torch.equal(out["n_sampled"], (out["weights"] > 1e-3).sum(dim=(1, 2, 3, 4)))
+    with pytest.raises(ValueError):
+        GMNRConfig(**_cfg(), vdr_fraction=1.5)
+
+
+@pytest.mark.parametrize("resolution, planes, w_dim", [(16, 4, 16), (32, 7, 32)])
+def test_shapes_and_gradients(resolution, planes, w_dim):
+    _, gmnr = _pair(resolution, w_dim, planes)
+    cams = _cams(4)
+    out = gmnr(torch.randn(2, 16), cams, noise_mode="random", generator=_seeded(0))
+    assert out["image"].shape == (4, 3, resolution, resolution)
+    assert out["depth"].shape == (4, 1, resolution, resolution)
+    assert out["weights"].shape == (4, planes, 1, resolution, resolution)
+    assert out["n_sampled"].shape == (4,) and (out["n_sampled"] > 0).all()
+    assert torch.isfinite(out["image"]).all()
+    (out["image"].square().mean() + out["depth"].mean()).backward()
+    missing = [n for n, p in gmnr.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    for name, p in gmnr.vdr.named_parameters():
+        assert p.grad.abs().sum() > 0, f"no gradient reaches vdr.{name}"
