@@ -67,8 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", parents=[common], help="multi-view and depth videos and a grid for a checkpoint")
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--output", type=Path, help="default: <paths.runs>/<dataset>/<model>/render")
-    p.add_argument("--seeds", type=int, default=4, help="latents in the grid")
-    p.add_argument("--frames", type=int, default=48, help="frames per video")
     return parser
 
 
@@ -98,7 +96,7 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         return _train(args, params, progress)
     if args.command == "render":
         return stages.run_render(params, args.checkpoint or params.run_dir() / "final.pt",
-                                 args.output or params.run_dir() / "render", args.seeds, args.frames, progress)
+                                 args.output or params.run_dir() / "render", progress)
     image_dir = args.input or params.raw_dir()
     if args.command == "landmarks":
         return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)

@@ -18,7 +18,7 @@ DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
 DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2"]
-ModelName = Literal["gmpi"]  # gmnr and mvcgan join as they land
+ModelName = Literal["gmpi", "gmnr"]  # mvcgan joins when it lands
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -113,6 +113,24 @@ class GMPI(Strict):
     mbstd_group_size: PositiveInt = 4
 
 
+class GMNR(Strict):
+    """GMNR's additions to GMPI (published settings); each switch is an ablation row."""
+    vdr: bool = Field(True, description="alpha-VdR view-dependent colour on/off")
+    vdr_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
+    vdr_threshold: Annotated[float, Field(ge=0, lt=1)] = Field(
+        1e-4, description="a (plane, pixel) pair is eligible when its compositing weight exceeds this")
+    pos_freqs: PositiveInt = 10
+    depth_freqs: PositiveInt = 8
+    dir_freqs: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 2.0, 4.0], description="times pi/2")
+    k_hidden: PositiveInt = 784
+    k_layers: PositiveInt = 3
+    h_hidden: PositiveInt = 64
+    h_layers: PositiveInt = 2
+    zero_init: bool = Field(False, description="start alpha-VdR as an exact no-op (fine-tuning from GMPI)")
+    consistency_weight: Annotated[float, Field(ge=0)] = 0.5
+    consistency_view: Literal["mirrored", "prior"] = "mirrored"
+
+
 class Train(Strict):
     steps: PositiveInt = 5000
     gpus: Annotated[int, Field(ge=0)] = Field(0, description="processes per node under torchrun; 0 or 1 = one process")
@@ -139,6 +157,12 @@ class Train(Strict):
     threads: PositiveInt = 2
 
 
+class Render(Strict):
+    seeds: PositiveInt = 4
+    frames: PositiveInt = 48
+    fps: PositiveInt = 24
+
+
 class Params(Strict):
     dataset: DatasetName = "demo"
     model: ModelName = "gmpi"
@@ -151,8 +175,10 @@ class Params(Strict):
     pose: Pose = Pose()
     pack: Pack = Pack()
     gmpi: GMPI = GMPI()
+    gmnr: GMNR = GMNR()
     train: Train = Train()
-    demo: dict[Literal["pack", "gmpi", "train"], dict[str, Any]] = Field(
+    render: Render = Render()
+    demo: dict[Literal["pack", "gmpi", "gmnr", "train"], dict[str, Any]] = Field(
         default_factory=dict, description="values that replace the ones above when dataset is demo")
 
     @model_validator(mode="after")

@@ -134,7 +134,7 @@ def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, rep
     return report
 
 
-def run_render(params: Params, checkpoint: Path, output: Path, seeds: int, frames: int, progress: bool = True) -> dict:
+def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = True) -> dict:
     """Videos, depth videos and a grid for a checkpoint; also attached to its training run."""
     import torch
 
@@ -145,13 +145,16 @@ def run_render(params: Params, checkpoint: Path, output: Path, seeds: int, frame
     device = init(params.train.device).device
     G, trained, state = load_generator(checkpoint, device)
     cam = trained.camera()
+    r = params.render
     with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
-        files = render_outputs(G, output, seeds, frames, cam.truncation * cam.yaw_std, cam.truncation * cam.pitch_std,
-                               cam.radius, cam.center, tuple(cam.depth_range), None, device)
+        run.log_params({"render": r.model_dump()})
+        files = render_outputs(G, output, r.seeds, r.frames, cam.truncation * cam.yaw_std,
+                               cam.truncation * cam.pitch_std, cam.radius, cam.center, tuple(cam.depth_range),
+                               None, device, r.fps)
         for f in files:
             run.log_artifact(f, "render")
         report = {"stage": "render", "checkpoint": str(checkpoint), "files": [str(f) for f in files],
-                  "seeds": seeds, "frames": frames}
+                  **r.model_dump()}
         write_json(report, output / "render.json")
     if state.get("mlflow_run_id"):  # the training run shows its own videos too
         from gmnr.tracking import attach_artifacts

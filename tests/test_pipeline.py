@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import copy_project, env_with_venv
 
 pytestmark = pytest.mark.slow
-STAGES = ("source", "landmarks", "pose", "pack")
+STAGES = ("source", "landmarks", "pose", "pack", "train", "render")
 
 
 def _run(args, cwd, timeout=900):
@@ -43,6 +43,11 @@ def project(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("project"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["synth"]["count"] = 40
+    # A few steps of a tiny network: this test is about the pipeline, not about learning.
+    params["demo"]["gmpi"].update(channel_base=256, channel_max=32, planes_train=4, planes_eval=4)
+    params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
+                                   grid_views=2)
+    params["render"].update(seeds=2, frames=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done, seconds = _snakemake(cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -61,6 +66,10 @@ def test_first_run_produces_every_output_with_good_detection_and_pose(project):
     assert len(labels["labels"]) == reports["pack"]["images_packed"] == reports["pose"]["poses_ok"]
     assert len(list((project / "data" / "processed" / "demo" / "images").glob("*.png"))) == len(labels["labels"])
     assert (project / "data" / "interim" / "demo" / "detections").is_dir()
+    train = json.loads((project / "runs" / "demo" / "gmpi" / "train.json").read_text())
+    assert train["step"] == 4 and (project / "runs" / "demo" / "gmpi" / "final.pt").is_file()
+    render = project / "runs" / "demo" / "gmpi" / "render"
+    assert {p.name for p in render.iterdir()} >= {"sweep.mp4", "sweep_depth.gif", "circle.mp4", "grid.png"}
 
 
 def test_second_snakemake_and_dvc_are_noops(project):
@@ -81,9 +90,9 @@ def test_a_late_param_reruns_only_the_late_stage_in_both_engines(project):
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         done, _ = _snakemake("-n", cwd=project)
-        assert _jobs_planned(done.stdout) == {"pack", "all"}, done.stdout[-2000:]
+        assert _jobs_planned(done.stdout) == {"pack", "train", "render", "all"}, done.stdout[-2000:]
         done, _ = _dvc("status", "--json", cwd=project)
-        assert set(json.loads(done.stdout)) == {"pack"}, done.stdout
+        assert set(json.loads(done.stdout)) == {"pack", "train"}, done.stdout  # render follows once train reruns
     finally:
         params_file.write_text(original)
     done, _ = _snakemake("-n", cwd=project)

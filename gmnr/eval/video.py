@@ -61,7 +61,7 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 24) -> list[Path]:
 
 def render_outputs(G, out_dir: Path, seeds: int, frames: int, yaw_amplitude: float, pitch_amplitude: float,
                    radius: float, center, depth_range: tuple[float, float], n_planes: int | None,
-                   device: torch.device) -> list[Path]:
+                   device: torch.device, fps: int = 24) -> list[Path]:
     """Videos for the first latent, depth videos, and a seeds x views grid. Returns the files."""
     from gmnr.data.images import write_png_atomic
     z = grid_latents(seeds, G.z_dim, device)
@@ -70,8 +70,8 @@ def render_outputs(G, out_dir: Path, seeds: int, frames: int, yaw_amplitude: flo
         yaw, pitch = trajectory(kind, frames, yaw_amplitude, pitch_amplitude)
         cams = pose_to_cam2world(yaw, pitch, 0.0, radius, center).to(device)
         images, depths = render_frames(G, z, cams, n_planes)
-        written += write_video(to_uint8(images), out_dir / f"{kind}")
-        written += write_video(depth_to_uint8(depths, *depth_range), out_dir / f"{kind}_depth")
+        written += write_video(to_uint8(images), out_dir / f"{kind}", fps)
+        written += write_video(depth_to_uint8(depths, *depth_range), out_dir / f"{kind}_depth", fps)
     views = 5
     yaw = torch.linspace(-yaw_amplitude, yaw_amplitude, views)
     cams = pose_to_cam2world(yaw, torch.zeros(views), 0.0, radius, center).to(device)

@@ -11,16 +11,26 @@ def world2cam_label(cam2world: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(cam2world.reshape(-1, 4, 4)).reshape(-1, 16)
 
 
+def _gmpi_fields(params: Params) -> dict:
+    cam, g = params.camera(), params.gmpi
+    return dict(resolution=params.training_resolution(), z_dim=g.z_dim, w_dim=g.w_dim,
+                mapping_layers=g.mapping_layers, channel_base=g.channel_base, channel_max=g.channel_max,
+                planes_train=g.planes_train, planes_eval=g.planes_eval, alpha_max_res=g.alpha_max_res,
+                fov_deg=cam.fov_deg, radius=cam.radius, center=tuple(cam.center), depth_range=tuple(cam.depth_range))
+
+
 def build_generator(params: Params) -> torch.nn.Module:
     if params.model == "gmpi":
         from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
-        cam = params.camera()
-        g = params.gmpi
-        return GMPIGenerator(GMPIConfig(
-            resolution=params.training_resolution(), z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
-            channel_base=g.channel_base, channel_max=g.channel_max, planes_train=g.planes_train,
-            planes_eval=g.planes_eval, alpha_max_res=g.alpha_max_res, fov_deg=cam.fov_deg, radius=cam.radius,
-            center=tuple(cam.center), depth_range=tuple(cam.depth_range)))
+        return GMPIGenerator(GMPIConfig(**_gmpi_fields(params)))
+    if params.model == "gmnr":
+        from gmnr.models.gmnr import GMNRConfig, GMNRGenerator
+        n = params.gmnr
+        return GMNRGenerator(GMNRConfig(
+            **_gmpi_fields(params), vdr_enabled=n.vdr, vdr_fraction=n.vdr_fraction, vdr_threshold=n.vdr_threshold,
+            vdr_pos_freqs=n.pos_freqs, vdr_depth_freqs=n.depth_freqs, vdr_dir_freqs=tuple(n.dir_freqs),
+            vdr_k_hidden=n.k_hidden, vdr_k_layers=n.k_layers, vdr_h_hidden=n.h_hidden, vdr_h_layers=n.h_layers,
+            vdr_zero_init=n.zero_init))
     raise ValueError(f"model '{params.model}' has no generator in this version")
 
 

@@ -21,7 +21,7 @@ from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
 from gmnr.models.factory import build_discriminator, build_generator
 from gmnr.train import checkpoint as ckpt
 from gmnr.train import distributed as dist
-from gmnr.train.losses import GMPILoss, PosePrior
+from gmnr.train.losses import GMPILoss, PosePrior, ViewConsistency
 from gmnr.train.samples import grid_cameras, grid_latents, render_grid
 
 STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
@@ -79,7 +79,9 @@ class Trainer:
         self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
         use_amp = t.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-        self.loss = GMPILoss(self.G, self.D, t.r1_gamma, t.views_per_latent, t.noise_mode, self.autocast)
+        consistency = (ViewConsistency(params.gmnr.consistency_weight, params.gmnr.consistency_view, self.prior)
+                       if params.model == "gmnr" else None)
+        self.loss = GMPILoss(self.G, self.D, t.r1_gamma, t.views_per_latent, t.noise_mode, self.autocast, consistency)
         self.step = 0
         self.mlflow_run_id: str | None = None
 
@@ -208,7 +210,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     resumed = trainer.resume()
     pretrained = None if resumed else trainer.init_pretrained()
     t = params.train
-    sections = ("model", "gmpi", "train", "demo")
+    sections = ("model", "gmpi", "gmnr", "train", "demo") if params.model == "gmnr" else ("model", "gmpi", "train", "demo")
     with stage_run("train", params, sections, {"resumed_from": str(resumed or "")}, trainer.mlflow_run_id,
                    enabled=info.is_main) as run:
         trainer.mlflow_run_id = run.run_id or trainer.mlflow_run_id

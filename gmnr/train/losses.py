@@ -2,7 +2,8 @@
 
 Non-saturating logistic loss (Goodfellow et al. 2014, as in StyleGAN2), lazy R1 on real
 images (Mescheder et al. 2018), and GMPI's generator objective: each latent is rendered from N
-views sampled from the pose prior and scored on its worst (least realistic) view.
+views sampled from the pose prior and scored on its worst (least realistic) view. GMNR adds
+a view-consistency term (:class:`ViewConsistency`) to the generator's loss.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from gmnr.models.factory import world2cam_label
 from gmnr.render.camera import pose_to_cam2world, sample_pose_prior
+from gmnr.render.warp import backward_warp, mirrored_view, photometric_loss
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,42 @@ class PosePrior:
         return pose_to_cam2world(pose["yaw"], pose["pitch"], 0.0, self.radius, self.center).to(device)
 
 
+class ViewConsistency:
+    """GMNR's view-consistency loss: render a second view of the same latent, warp it into the
+    main view with the main view's depth and both cameras' real intrinsics and extrinsics, and
+    penalise ``0.85 (1 - SSIM)/2 + 0.15 L1`` where the warp lands inside the second view."""
+
+    def __init__(self, weight: float, policy: str, prior: PosePrior):
+        if policy not in ("mirrored", "prior"):
+            raise ValueError(f"consistency view policy must be 'mirrored' or 'prior', got {policy!r}")
+        self.weight, self.policy, self.prior = weight, policy, prior
+
+    def second_cameras(self, main: torch.Tensor) -> torch.Tensor:
+        if self.policy == "mirrored":
+            return mirrored_view(main, self.prior.center)
+        seed = int(torch.randint(0, 2 ** 62, ()))  # from the step-seeded global RNG: reproducible
+        return self.prior.sample(main.shape[0], torch.Generator().manual_seed(seed), main.device)
+
+    def __call__(self, G, ws: torch.Tensor, main_cams: torch.Tensor, main: dict, noise_mode: str
+                 ) -> tuple[torch.Tensor, dict]:
+        second_cams = self.second_cameras(main_cams)
+        second = G.render(ws, second_cams, noise_mode=noise_mode)
+        k = G.canonical_intrinsics(ws.device)
+        warped, valid = backward_warp((second["image"] + 1) / 2, main["depth"], main_cams, k, second_cams, k)
+        loss = photometric_loss(((main["image"] + 1) / 2).clamp(0, 1), warped.clamp(0, 1), valid)
+        return self.weight * loss, {"loss_consistency": loss.detach(),
+                                    "consistency_valid": valid.float().mean().detach()}
+
+
 class GMPILoss:
-    def __init__(self, G, D, r1_gamma: float, views_per_latent: int, noise_mode: str, autocast):
+    def __init__(self, G, D, r1_gamma: float, views_per_latent: int, noise_mode: str, autocast,
+                 consistency: ViewConsistency | None = None):
         self.G, self.D = G, D
         self.r1_gamma = r1_gamma
         self.views = views_per_latent
         self.noise_mode = noise_mode
         self.autocast = autocast
+        self.consistency = consistency
 
     def _render(self, z: torch.Tensor, cam2world: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -52,10 +83,20 @@ class GMPILoss:
         b = z.shape[0]
         assert cam2world.shape[0] == b * self.views, \
             f"generator_loss needs {self.views} views per latent, got cam2world {tuple(cam2world.shape)}"
-        logits = self._score(self._render(z, cam2world), cam2world).reshape(b, self.views)
+        with self.autocast():
+            ws = self.G.mapping(z, None)
+            out = self.G.render(ws, cam2world, noise_mode=self.noise_mode)
+        logits = self._score(out["image"], cam2world).reshape(b, self.views)
         worst = logits.min(dim=1).values
         loss = F.softplus(-worst).mean()
-        return loss, {"loss_G": loss.detach(), "logits_fake_G": worst.detach().mean()}
+        stats = {"loss_G": loss.detach(), "logits_fake_G": worst.detach().mean()}
+        if self.consistency is not None and self.consistency.weight > 0:
+            main = {k: out[k][::self.views] for k in ("image", "depth")}  # each latent's first view
+            with self.autocast():
+                extra, s = self.consistency(self.G, ws, cam2world[::self.views], main, self.noise_mode)
+            loss = loss + extra
+            stats.update(s)
+        return loss, stats
 
     def discriminator_loss(self, real: torch.Tensor, real_cam2world: torch.Tensor, z: torch.Tensor,
                            fake_cam2world: torch.Tensor) -> tuple[torch.Tensor, dict]:
