@@ -1,12 +1,12 @@
-"""Frames per second and peak memory of GMPI's generator + MPI renderer.
+"""Frames per second and peak memory of the generators + renderers (GMPI, GMNR), side by side.
 
 Each (resolution, planes) point runs in a fresh process so its peak memory is its own:
 CUDA peak allocated memory on a GPU, peak resident set size (RSS) on the CPU. Networks use the
 published GMPI sizes from params.yaml (`gmpi` section, not the demo's), random weights (speed
 does not depend on them), batch 1, after warm-up. Writes a table to docs/benchmarks.md.
 
-    python benchmarks/render_speed.py                       # 256/512/1024 x 32/96 planes
-    python benchmarks/render_speed.py --resolutions 256 --planes 32 --repeats 5
+    python benchmarks/render_speed.py                       # gmpi + gmnr, 256/512/1024 x 32/96 planes
+    python benchmarks/render_speed.py --models gmpi --resolutions 256 --planes 32 --repeats 5
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(resolution: int, planes: int, repeats: int, device: str, threads: int) -> dict:
+def measure(model: str, resolution: int, planes: int, repeats: int, device: str, threads: int) -> dict:
     import torch
 
     from gmnr.config import load_params
@@ -30,7 +30,7 @@ def measure(resolution: int, planes: int, repeats: int, device: str, threads: in
     from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
-    params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"pack.resolution={resolution}"])
+    params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"model={model}", f"pack.resolution={resolution}"])
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     G = build_generator(params).to(dev).eval()
@@ -54,22 +54,29 @@ def measure(resolution: int, planes: int, repeats: int, device: str, threads: in
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         name = f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
-    return {"resolution": resolution, "planes": planes, "seconds_per_frame": seconds, "fps": 1 / seconds,
+    return {"model": model, "resolution": resolution, "planes": planes, "seconds_per_frame": seconds, "fps": 1 / seconds,
             "peak_memory_mb": peak_mb, "memory_kind": "CUDA peak allocated" if dev.type == "cuda" else "peak RSS",
             "device": name, "generator_parameters": sum(p.numel() for p in G.parameters())}
 
 
 def write_markdown(rows: list[dict], out: Path) -> None:
     device, kind = rows[0]["device"], rows[0]["memory_kind"]
-    lines = ["## GMPI render speed", "",
-             f"`python benchmarks/render_speed.py` on **{device}**, batch 1, published GMPI network sizes "
-             f"(random weights), generator + MPI renderer, after warm-up. Memory: {kind}.", "",
-             "| resolution | planes | s / frame | FPS | peak memory (MB) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['resolution']} | {r['planes']} | {r['seconds_per_frame']:.3f} | {r['fps']:.2f} | "
-              f"{r['peak_memory_mb']:.0f} |" for r in rows]
+    lines = ["## Render speed", "",
+             f"`python benchmarks/render_speed.py` on **{device}**, batch 1, published network sizes from "
+             f"params.yaml (random weights), generator + renderer, after warm-up, one process per row. "
+             f"Memory: {kind}. The last column is this model's time per frame over GMPI's at the same "
+             f"resolution and plane count, measured in the same run.", "",
+             "| model | resolution | planes | s / frame | FPS | peak memory (MB) | time vs GMPI |",
+             "|---|---|---|---|---|---|---|"]
+    base = {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == "gmpi"}
+    for r in rows:
+        gmpi = base.get((r["resolution"], r["planes"]))
+        ratio = r["seconds_per_frame"] / gmpi if gmpi else float("nan")
+        lines.append(f"| {r['model']} | {r['resolution']} | {r['planes']} | {r['seconds_per_frame']:.3f} | "
+                     f"{r['fps']:.2f} | {r['peak_memory_mb']:.0f} | {ratio:.2f}x |")
     section = "\n".join(lines) + "\n"
     text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
-    start = text.find("## GMPI render speed")
+    start = text.find("## Render speed")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
@@ -81,29 +88,32 @@ def write_markdown(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["gmpi", "gmnr"], choices=["gmpi", "gmnr"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--planes", type=int, nargs="+", default=[32, 96])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # child process mode: model res planes
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.repeats, args.device, args.threads)))
+        model, res, planes = args.one[0], int(args.one[1]), int(args.one[2])
+        print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads)))
         return
     rows = []
     for res in args.resolutions:
         for planes in args.planes:
-            done = subprocess.run([sys.executable, __file__, "--one", str(res), str(planes), "--repeats",
-                                   str(args.repeats), "--device", args.device, "--threads", str(args.threads)],
-                                  capture_output=True, text=True, cwd=ROOT)
-            if done.returncode != 0:
-                raise SystemExit(f"{res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
-                  f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB", flush=True)
-            rows.append(row)
+            for model in args.models:  # models side by side for each point: one timing environment
+                done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), "--repeats",
+                                       str(args.repeats), "--device", args.device, "--threads", str(args.threads)],
+                                      capture_output=True, text=True, cwd=ROOT)
+                if done.returncode != 0:
+                    raise SystemExit(f"{model} {res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"{model:5s} {res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
+                      f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB", flush=True)
+                rows.append(row)
     write_markdown(rows, args.out)
     print(f"wrote {args.out}")
 

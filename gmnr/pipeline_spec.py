@@ -6,6 +6,7 @@ commands, dependencies, params and outputs.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -103,3 +104,28 @@ def load_stages(dvc_yaml: Path, config: dict[str, Any]) -> dict[str, Stage]:
             resources=dict(meta.get("resources", {})),
         )
     return stages
+
+
+def _walk(path: Path):
+    yield path
+    if path.is_dir() and not path.is_symlink():
+        for child in path.rglob("*"):
+            yield child
+
+
+def commit_outputs_to_dvc(root: Path, outputs: list[str]) -> bool:
+    """``dvc commit`` the pipeline's outputs without disturbing Snakemake.
+
+    DVC re-links committed files from its cache, which gives them new modification times;
+    Snakemake would then see the checkpoint newer than the videos rendered from it and redo
+    work. So the times are put back afterwards (DVC rehashes those files once, next time).
+    """
+    import subprocess
+
+    saved = {p: p.stat() for out in outputs for p in _walk(root / out) if p.exists()}
+    done = subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=root, capture_output=True, text=True)
+    # deepest first, so restoring a file does not bump its folder's time again
+    for path in sorted(saved, key=lambda p: len(p.parts), reverse=True):
+        if path.exists():
+            os.utime(path, ns=(saved[path].st_atime_ns, saved[path].st_mtime_ns), follow_symlinks=False)
+    return done.returncode == 0

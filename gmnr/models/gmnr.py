@@ -32,8 +32,7 @@ from torch import nn
 
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
 from gmnr.models.stylegan2 import FullyConnectedLayer
-from gmnr.render.mpi import (_plane_grid, _sample_planes, _sample_shared, composite, plane_depth_in_target,
-                             plane_homographies, relative_pose)
+from gmnr.render.mpi import relative_pose
 
 Tensor = torch.Tensor
 
@@ -274,31 +273,12 @@ class GMNRGenerator(GMPIGenerator):
             out["n_sampled"] = torch.zeros(out["image"].shape[0], dtype=torch.long, device=out["image"].device)
             return out
 
-        # -- GMPI's render, unrolled (same ops as GMPIGenerator.render -> render_mpi) ---------------
-        n_planes = n_planes or (self.cfg.planes_train if self.training else self.cfg.planes_eval)
-        res = self.cfg.resolution
-        img, alpha, depths = self.synthesize(ws, n_planes, noise_mode)
-        w_vdr = ws[:, -1]
-        views = cam2world.shape[0] // ws.shape[0]
-        assert cam2world.shape[0] == views * ws.shape[0], \
-            f"cam2world batch {cam2world.shape[0]} must be a multiple of the latent batch {ws.shape[0]}"
-        if views > 1:
-            img, alpha = img.repeat_interleave(views, 0), alpha.repeat_interleave(views, 0)
-            w_vdr = w_vdr.repeat_interleave(views, 0)
-        k_src = self.canonical_intrinsics(ws.device)
-        if intrinsics is None:
-            k_tgt = k_src
-        else:
-            k_tgt = intrinsics.clone()
-            k_tgt[..., :2, :] = k_tgt[..., :2, :] * res
-        src = self.canonical_cam2world.to(ws.device)
-        homographies = plane_homographies(src, k_src, cam2world, k_tgt, depths)
-        batch = max(img.shape[0], homographies.shape[0])
-        grid = _plane_grid(homographies, (res, res), (res, res)).expand(batch, n_planes, res, res, 2)
-        alpha_t = _sample_planes(alpha, grid)
-        rgb_t = _sample_shared(img, grid)  # [B, P, 3, H, W] view, GMPI's [-1, 1] colours
-        z, _ = plane_depth_in_target(src, cam2world, k_tgt, depths, (res, res))
-        image, depth, weights = composite(rgb_t, alpha_t, z.to(alpha_t))
+        out = super().render(ws, cam2world, intrinsics, noise_mode=noise_mode, n_planes=n_planes,
+                             return_planes=True)
+        grid, rgb_t, weights, image = out.pop("grid"), out.pop("rgb_planes"), out["weights"], out["image"]
+        src, k_tgt, depths = out["src_cam2world"], out["k_tgt"], out["plane_depths"]
+        batch, res = image.shape[0], image.shape[-1]
+        w_vdr = ws[:, -1].repeat_interleave(batch // ws.shape[0], 0)
 
         # -- alpha-VdR on the sampled pairs only ----------------------------------------------------
         pairs = sample_pairs(weights, fraction, self.cfg.vdr_threshold, generator)
@@ -321,9 +301,9 @@ class GMNRGenerator(GMPIGenerator):
             correction = image.new_zeros(batch, res, res, 3).index_put((bi, yi, xi), contrib.to(image),
                                                                         accumulate=True)
             image = image + correction.permute(0, 3, 1, 2)
-        n_sampled = torch.bincount(bi, minlength=batch)
-        return {"image": image, "depth": depth, "alpha_acc": weights.sum(dim=1), "weights": weights,
-                "alpha": alpha, "mpi_rgb": img, "plane_depths": depths, "n_sampled": n_sampled}
+        out["image"] = image
+        out["n_sampled"] = torch.bincount(bi, minlength=batch)
+        return out
 
     def forward(self, z: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, truncation_psi: float = 1.0,
                 n_planes: int | None = None, noise_mode: str = "const", generator: torch.Generator | None = None

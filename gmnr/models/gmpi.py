@@ -117,10 +117,13 @@ class GMPIGenerator(nn.Module):
         return intrinsics_from_fov(self.cfg.fov_deg, self.cfg.resolution).to(device)
 
     def render(self, ws: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
-               n_planes: int | None = None, noise_mode: str = "const") -> dict[str, torch.Tensor]:
+               n_planes: int | None = None, noise_mode: str = "const", return_planes: bool = False
+               ) -> dict[str, torch.Tensor]:
         """Render the MPI of ``ws`` [B, num_ws, w_dim] from ``cam2world`` [B * V, 4, 4] (V views per
         latent, latent-major) with normalised intrinsics [B * V, 3, 3] (None: the dataset camera).
-        Returns image [B * V, 3, R, R], depth, alpha_acc, weights, and the MPI itself."""
+        Returns image [B * V, 3, R, R], depth, alpha_acc, weights, the MPI itself, the cameras used
+        (``k_src``, ``k_tgt`` in pixels, ``src_cam2world``) and, with ``return_planes``, each
+        pixel's per-plane texture coordinates and colours (see :func:`render_mpi`)."""
         n_planes = n_planes or (self.cfg.planes_train if self.training else self.cfg.planes_eval)
         res = self.cfg.resolution
         img, alpha, depths = self.synthesize(ws, n_planes, noise_mode)
@@ -135,10 +138,11 @@ class GMPIGenerator(nn.Module):
         else:
             k_tgt = intrinsics.clone()
             k_tgt[..., :2, :] = k_tgt[..., :2, :] * res
-        out = render_mpi(img, alpha, depths, self.canonical_cam2world.to(ws.device), k_src,
-                         cam2world, k_tgt, (res, res))
-        return {"image": out["rgb"], "depth": out["depth"], "alpha_acc": out["alpha_acc"],
-                "weights": out["weights"], "alpha": alpha, "mpi_rgb": img, "plane_depths": depths}
+        src = self.canonical_cam2world.to(ws.device)
+        out = render_mpi(img, alpha, depths, src, k_src, cam2world, k_tgt, (res, res), return_planes)
+        image = out.pop("rgb")
+        return {"image": image, **out, "alpha": alpha, "mpi_rgb": img, "plane_depths": depths,
+                "k_src": k_src, "k_tgt": k_tgt, "src_cam2world": src}
 
     def forward(self, z: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
                 truncation_psi: float = 1.0, n_planes: int | None = None, noise_mode: str = "const"

@@ -268,7 +268,8 @@ def warp_planes(rgba: Tensor, homographies: Tensor, out_hw: tuple[int, int]) -> 
 # --------------------------------------------------------------------------------------------
 
 def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor, src_K: Tensor,
-               tgt_cam2world: Tensor, tgt_K: Tensor, out_hw: tuple[int, int]) -> dict[str, Tensor]:
+               tgt_cam2world: Tensor, tgt_K: Tensor, out_hw: tuple[int, int],
+               return_planes: bool = False) -> dict[str, Tensor]:
     """Render an MPI from target cameras.
 
     rgb: per-plane colours [B, P, C, Hs, Ws] or GMPI's single image shared by all planes
@@ -277,7 +278,9 @@ def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor
     texture (src) and output (tgt) sizes. MPI and camera batches of size 1 broadcast.
 
     Returns ``rgb`` [B, C, H, W], ``depth`` [B, 1, H, W] (target-camera z, not normalised by the
-    accumulated alpha), ``weights`` [B, P, 1, H, W] and ``alpha_acc`` [B, 1, H, W] = sum of weights.
+    accumulated alpha), ``weights`` [B, P, 1, H, W] and ``alpha_acc`` [B, 1, H, W] = sum of weights;
+    with ``return_planes`` also ``grid`` [B, P, H, W, 2] (each target pixel's texture coordinate
+    on each plane, in grid_sample's [-1, 1] units) and ``rgb_planes`` [B, P, C, H, W].
     """
     out_hw = _check_hw(out_hw, "out_hw")
     _require(alpha.ndim == 5 and alpha.shape[2] == 1, f"alpha must be [B, P, 1, Hs, Ws], got {_shape(alpha)}")
@@ -295,4 +298,7 @@ def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor
     rgb_t = _sample_shared(rgb, grid) if shared else _sample_planes(rgb, grid)
     z, _ = plane_depth_in_target(src_cam2world, tgt_cam2world, tgt_K, depths, out_hw)
     image, depth, weights = composite(rgb_t, alpha_t, z.to(alpha_t))
-    return {"rgb": image, "depth": depth, "weights": weights, "alpha_acc": weights.sum(dim=1)}
+    out = {"rgb": image, "depth": depth, "weights": weights, "alpha_acc": weights.sum(dim=1)}
+    if return_planes:  # what a per-plane colour model (GMNR's alpha-VdR) needs after compositing
+        out.update(grid=grid, rgb_planes=rgb_t)
+    return out

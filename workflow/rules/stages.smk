@@ -2,7 +2,7 @@
 # and `params.values` holds exactly the params the stage reads, so changing one reruns that
 # stage (and, through its outputs, the stages after it) but never the stages before it.
 # STAGES comes from the Snakefile (gmnr.pipeline_spec.load_stages on dvc.yaml).
-from gmnr.pipeline_spec import is_directory
+from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory
 
 
 def _outputs(stage):
@@ -27,5 +27,7 @@ for _stage in STAGES.values():
 
 onsuccess:
     # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it.
-    if Path(workflow.basedir, ".dvc").is_dir():
-        shell("cd {workflow.basedir} && dvc commit --force --quiet || echo 'gmnr: dvc commit failed; dvc status may show changes'")
+    if (PROJECT / ".dvc").is_dir():
+        outputs = [p for s in STAGES.values() for p in s.outs + s.metrics]
+        if not commit_outputs_to_dvc(PROJECT, outputs):
+            print("gmnr: dvc commit failed; `dvc status` may list these outputs as changed")
