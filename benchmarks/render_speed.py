@@ -22,6 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def measure(model: str, resolution: int, planes: int, repeats: int, device: str, threads: int) -> dict:
     import torch
 
@@ -53,7 +63,7 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
         name = torch.cuda.get_device_name(dev)
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        name = f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
+        name = f"CPU: {_cpu_name()}, {threads} threads"
     return {"model": model, "resolution": resolution, "planes": planes, "seconds_per_frame": seconds, "fps": 1 / seconds,
             "peak_memory_mb": peak_mb, "memory_kind": "CUDA peak allocated" if dev.type == "cuda" else "peak RSS",
             "device": name, "generator_parameters": sum(p.numel() for p in G.parameters())}
