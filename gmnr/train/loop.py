@@ -248,6 +248,6 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
             run.log_artifact(grid)
             run.set_tags({"final_checkpoint": str(final.resolve())})
             summary["final_checkpoint"] = str(final)
-            write_json(summary, run_dir / "train.json")
+            run.log_artifact(write_json(summary, run_dir / "train.json"))  # holds the checkpoint path
     dist.shutdown()
     return summary
