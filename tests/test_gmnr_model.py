@@ -224,3 +224,24 @@ def test_shapes_and_gradients(resolution, planes, w_dim):
     assert not missing, missing
     for name, p in gmnr.vdr.named_parameters():
         assert p.grad.abs().sum() > 0, f"no gradient reaches vdr.{name}"
+
+
+def test_latents_given_once_with_an_index_equal_latents_given_per_pair():
+    """The first-layer factorisation is the same function as the MLP of the concatenation."""
+    torch.manual_seed(3)
+    vdr = AlphaVdR(16, pos_freqs=3, depth_freqs=2, k_hidden=8, k_layers=2, h_hidden=8, h_layers=1)
+    n = 40
+    uv, d, omega = torch.rand(n, 2) * 2 - 1, torch.rand(n), torch.rand(n, 2) - 0.5
+    w = torch.randn(3, 16)
+    index = torch.randint(0, 3, (n,))
+    assert torch.allclose(vdr.delta(uv, d, omega, w, index), vdr.delta(uv, d, omega, w[index]), atol=1e-6)
+    # and both equal the plain MLP of the concatenated inputs
+    k_in = torch.cat([positional_encoding(uv, 3), positional_encoding(d[:, None], 2), w[index]], dim=1)
+    assert torch.allclose(vdr.coefficients(uv, d, omega, w, index)[0].reshape(n, 12),
+                          _plain_mlp(vdr.mlp_k, k_in), atol=1e-6)
+
+
+def _plain_mlp(mlp, x):
+    for layer in mlp.hidden:
+        x = torch.nn.functional.leaky_relu(layer(x), 0.01)
+    return torch.tanh(mlp.out(x))
