@@ -31,6 +31,16 @@ def interpolate(text: str, config: dict[str, Any]) -> str:
     return _VAR.sub(lambda m: str(lookup(config, m.group(1))), text)
 
 
+def _foreach_items(raw: dict, config: dict[str, Any], name: str) -> list[str]:
+    """The items of a ``foreach: ${list}`` stage (a list of plain values, as DVC allows)."""
+    spec = raw["foreach"]
+    whole = _VAR.fullmatch(spec.strip()) if isinstance(spec, str) else None
+    items = lookup(config, whole.group(1)) if whole else spec
+    if not isinstance(items, list) or not all(isinstance(i, (str, int)) for i in items):
+        raise ValueError(f"dvc.yaml stage '{name}': foreach must name a list of plain values, got {items!r}")
+    return [str(i) for i in items]
+
+
 def _paths(entries: list, persistent: bool | None = None) -> list[str]:
     """dvc.yaml lists entries as plain strings or as one-key mappings with options; with
     ``persistent`` set, keep only the entries whose ``persist`` option equals it."""
@@ -59,7 +69,7 @@ def is_directory(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    name: str  # DVC's name: "train", or "train@gmnr" for an item of a foreach stage
     cmd: str
     deps: list[str]
     params: list[str]
@@ -69,6 +79,11 @@ class Stage:
     threads: int = 1
     conda: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rule_name(self) -> str:
+        """Snakemake's rule name: DVC's '@' is not allowed there ("train@gmnr" -> "train_gmnr")."""
+        return self.name.replace("@", "_")
 
     def param_values(self, config: dict[str, Any]) -> dict[str, Any]:
         """The values of exactly the params this stage reads (Snakemake reruns when they change)."""
@@ -84,26 +99,48 @@ class Stage:
         return " ".join([self.cmd, *(f"-S {shlex.quote(o)}" for o in mine)])
 
 
+def _stage(name: str, raw: dict, config: dict[str, Any]) -> Stage:
+    meta = _interpolate_tree((raw.get("meta") or {}).get("snakemake", {}), config)
+    return Stage(
+        name=name,
+        cmd=interpolate(raw["cmd"], config),
+        deps=[interpolate(p, config) for p in _paths(raw.get("deps"))],
+        params=[interpolate(p, config) for p in _paths(raw.get("params"))],
+        # Persistent outs (checkpoints) are state a rerun resumes from, not products:
+        # they are not Snakemake outputs, which Snakemake would delete before a rerun.
+        outs=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=False)],
+        persistent=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=True)],
+        metrics=[interpolate(p, config) for p in _paths(raw.get("metrics"))],
+        threads=int(meta.get("threads", 1)),
+        conda=meta.get("conda"),
+        resources=dict(meta.get("resources", {})),
+    )
+
+
 def load_stages(dvc_yaml: Path, config: dict[str, Any]) -> dict[str, Stage]:
+    """Every stage of dvc.yaml, with ``foreach`` stages expanded into one stage per item
+    (named ``stage@item`` as DVC names them, ``${item}`` interpolated)."""
     spec = yaml.safe_load(Path(dvc_yaml).read_text())
     stages = {}
     for name, raw in spec["stages"].items():
-        meta = _interpolate_tree((raw.get("meta") or {}).get("snakemake", {}), config)
-        stages[name] = Stage(
-            name=name,
-            cmd=interpolate(raw["cmd"], config),
-            deps=[interpolate(p, config) for p in _paths(raw.get("deps"))],
-            params=_paths(raw.get("params")),
-            # Persistent outs (checkpoints) are state a rerun resumes from, not products:
-            # they are not Snakemake outputs, which Snakemake would delete before a rerun.
-            outs=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=False)],
-            persistent=[interpolate(p, config) for p in _paths(raw.get("outs"), persistent=True)],
-            metrics=[interpolate(p, config) for p in _paths(raw.get("metrics"))],
-            threads=int(meta.get("threads", 1)),
-            conda=meta.get("conda"),
-            resources=dict(meta.get("resources", {})),
-        )
+        if "foreach" in raw:
+            for item in _foreach_items(raw, config, name):
+                stages[f"{name}@{item}"] = _stage(f"{name}@{item}", raw["do"], {**config, "item": item})
+        else:
+            stages[name] = _stage(name, raw, config)
     return stages
+
+
+def snakemake_inputs(stage: Stage, stages: dict[str, Stage]) -> list[str]:
+    """The stage's deps as Snakemake inputs. A dep that is a folder holding other stages' outputs
+    (compare reads every evaluation's report from one folder) becomes those outputs: DVC links
+    a folder dep to the outputs inside it, Snakemake needs the files that rules produce."""
+    produced = [p for s in stages.values() if s is not stage for p in s.outs + s.metrics]
+    inputs = []
+    for dep in stage.deps:
+        inside = [p for p in produced if Path(p).is_relative_to(dep) and p != dep]
+        inputs.extend(inside or [dep])
+    return inputs
 
 
 def _walk(path: Path):

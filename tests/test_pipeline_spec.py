@@ -3,9 +3,10 @@ Snakemake rules generated from it must agree on commands, deps, params and outs.
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-from gmnr.pipeline_spec import load_stages
+from gmnr.pipeline_spec import load_stages, snakemake_inputs
 from tests.conftest import ROOT, env_with_venv
 
 
@@ -37,7 +38,24 @@ def test_snakemake_rules_are_the_dvc_stages_with_a_switched_dataset():
     assert done.returncode == 0, done.stderr[-2000:]
     stages = load_stages(ROOT / "dvc.yaml", {**_config(), "dataset": "ffhq256"})
     for name, stage in stages.items():
-        assert f"rule {name}:" in done.stdout
+        assert f"rule {stage.rule_name}:" in done.stdout
         for out in stage.outs:
             assert out in done.stdout and "ffhq256" in out
         assert stage.cmd in done.stdout
+
+
+def test_foreach_stages_expand_per_item_and_folder_deps_become_the_outputs_inside(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"foreach": "${models}", "do": {
+            "cmd": "train -S model=${item}", "params": ["${item}", "demo.${item}"],
+            "outs": ["runs/${item}/final.pt"], "metrics": ["reports/eval/${item}.json"]}},
+        "compare": {"cmd": "compare", "deps": ["reports/eval", "code.py"], "outs": ["results"]},
+    }}, sort_keys=False))
+    stages = load_stages(tmp_path / "dvc.yaml", {"models": ["gmpi", "gmnr"]})
+    assert list(stages) == ["train@gmpi", "train@gmnr", "compare"]
+    gmnr = stages["train@gmnr"]
+    assert (gmnr.cmd, gmnr.params, gmnr.outs, gmnr.rule_name) == (
+        "train -S model=gmnr", ["gmnr", "demo.gmnr"], ["runs/gmnr/final.pt"], "train_gmnr")
+    assert snakemake_inputs(stages["compare"], stages) == ["reports/eval/gmpi.json", "reports/eval/gmnr.json", "code.py"]
+    with pytest.raises(ValueError, match="foreach"):
+        load_stages(tmp_path / "dvc.yaml", {"models": {"a": 1}})

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -30,3 +32,38 @@ def test_checkpoints_are_atomic_keep_the_last_k_and_refuse_code(tmp_path):
     with pytest.raises(RuntimeError, match="not a loadable gmnr checkpoint"):
         ckpt.load_checkpoint(tmp_path / "step-000000009.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_gmnr_consistency_term_renders_the_second_view_from_the_same_mpi():
+    """The second view joins the main render (one synthesis, so one noise draw), and the term
+    equals the photometric loss of the mirrored render warped into the main view."""
+    from gmnr.models.gmnr import GMNRConfig, GMNRGenerator
+    from gmnr.models.stylegan2 import Discriminator
+    from gmnr.render.warp import backward_warp, mirrored_view, photometric_loss
+    from gmnr.train.losses import GMPILoss, PosePrior, ViewConsistency
+    from tests.test_gmnr_model import _cams, _cfg
+
+    torch.manual_seed(0)
+    G = GMNRGenerator(GMNRConfig(**_cfg(resolution=16, planes=4), vdr_enabled=False))
+    D = Discriminator(c_dim=16, img_resolution=16, channel_base=256, channel_max=32)
+    prior = PosePrior(0.3, 0.15, 2.0, 1.0, (0.0, 0.0, 0.0))
+    loss = GMPILoss(G, D, 10.0, 2, "random", contextlib.nullcontext, ViewConsistency(0.5, "mirrored", prior))
+    calls = []
+    synthesize = G.synthesize
+    G.synthesize = lambda *a, **k: calls.append(1) or synthesize(*a, **k)
+    z, cams = torch.randn(2, 16), _cams(4)
+    total, stats = loss.generator_loss(z, cams)
+    assert len(calls) == 1, "main views and second views must come from one synthesis"
+    assert torch.isfinite(total) and 0 < stats["loss_consistency"] < 1
+
+    loss.noise_mode = "const"  # deterministic, to recompute the term independently
+    _, stats = loss.generator_loss(z, cams)
+    with torch.no_grad():
+        ws = G.mapping(z, None)
+        main_cams = cams[::2]
+        second_cams = mirrored_view(main_cams, (0.0, 0.0, 0.0))
+        main, second = G.render(ws, main_cams, noise_mode="const"), G.render(ws, second_cams, noise_mode="const")
+        k = G.canonical_intrinsics()
+        warped, valid = backward_warp((second["image"] + 1) / 2, main["depth"], main_cams, k, second_cams, k)
+        expected = photometric_loss(((main["image"] + 1) / 2).clamp(0, 1), warped.clamp(0, 1), valid)
+    assert torch.allclose(stats["loss_consistency"], expected, atol=1e-5)

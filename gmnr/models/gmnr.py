@@ -287,6 +287,18 @@ class GMNRGenerator(GMPIGenerator):
             return float(cfg.vdr_fraction_eval)
         return float(cfg.vdr_fraction)
 
+    # Pairs per MLP call when no gradient is recorded: bounds the hidden activations of MLP_K
+    # (784 wide at the published size) to ~200 MB however many pairs a 1024 px frame has.
+    INFERENCE_CHUNK = 1 << 16
+
+    def _vdr_delta(self, uv: Tensor, d01: Tensor, omega: Tensor, w: Tensor, index: Tensor) -> Tensor:
+        n = uv.shape[0]
+        if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
+            return self.vdr.delta(uv, d01, omega, w, index=index)
+        return torch.cat([self.vdr.delta(uv[s:s + self.INFERENCE_CHUNK], d01[s:s + self.INFERENCE_CHUNK],
+                                         omega[s:s + self.INFERENCE_CHUNK], w, index=index[s:s + self.INFERENCE_CHUNK])
+                          for s in range(0, n, self.INFERENCE_CHUNK)])
+
     def render(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, n_planes: int | None = None,
                noise_mode: str = "const", generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """As :meth:`GMPIGenerator.render`, with view-dependent colour at the sampled pairs.
@@ -316,7 +328,7 @@ class GMNRGenerator(GMPIGenerator):
             uv = grid[bi, pi, yi, xi].clamp(-1.0, 1.0)                       # plane texture coords [N, 2]
             d01 = ((depths - near) / (far - near)).to(uv)[pi]                # [N]
             omega = canonical_view_directions(src, cam2world, k_tgt, bi, yi, xi)[:, :2].to(uv)
-            delta = self.vdr.delta(uv, d01, omega, w_vdr, index=bi)           # [N, 3]
+            delta = self._vdr_delta(uv, d01, omega, w_vdr, bi)                # [N, 3]
             c01 = (rgb_t[bi, pi, :, yi, xi] + 1.0) / 2.0                      # [N, 3] in [0, 1] units
             shifted = c01 + delta.to(c01)
             if self.cfg.vdr_strict_clip:

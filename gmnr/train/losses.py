@@ -48,13 +48,16 @@ class ViewConsistency:
         seed = int(torch.randint(0, 2 ** 62, ()))  # from the step-seeded global RNG: reproducible
         return self.prior.sample(main.shape[0], torch.Generator().manual_seed(seed), main.device)
 
-    def __call__(self, G, ws: torch.Tensor, main_cams: torch.Tensor, main: dict, noise_mode: str
-                 ) -> tuple[torch.Tensor, dict]:
-        second_cams = self.second_cameras(main_cams)
-        second = G.render(ws, second_cams, noise_mode=noise_mode)
-        k = G.canonical_intrinsics(ws.device)
-        warped, valid = backward_warp((second["image"] + 1) / 2, main["depth"], main_cams, k, second_cams, k)
-        loss = photometric_loss(((main["image"] + 1) / 2).clamp(0, 1), warped.clamp(0, 1), valid)
+    def __call__(self, main_image: torch.Tensor, main_depth: torch.Tensor, main_cams: torch.Tensor,
+                 second_image: torch.Tensor, second_cams: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Images in [-1, 1] [B, 3, R, R], main depth [B, 1, R, R], cameras [B, 4, 4], pixel K [3, 3].
+
+        Both views must come from one MPI (one synthesis, one noise draw): a second synthesis with
+        random noise would differ from the first even for a perfectly consistent generator."""
+        assert main_image.shape == second_image.shape and main_cams.shape == second_cams.shape, \
+            f"views differ: {tuple(main_image.shape)} vs {tuple(second_image.shape)}"
+        warped, valid = backward_warp((second_image + 1) / 2, main_depth, main_cams, k, second_cams, k)
+        loss = photometric_loss(((main_image + 1) / 2).clamp(0, 1), warped.clamp(0, 1), valid)
         return self.weight * loss, {"loss_consistency": loss.detach(),
                                     "consistency_valid": valid.float().mean().detach()}
 
@@ -80,20 +83,27 @@ class GMPILoss:
 
     def generator_loss(self, z: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """z [B, z_dim], cam2world [B * N, 4, 4] (N views per latent, latent-major)."""
-        b = z.shape[0]
-        assert cam2world.shape[0] == b * self.views, \
-            f"generator_loss needs {self.views} views per latent, got cam2world {tuple(cam2world.shape)}"
+        b, v = z.shape[0], self.views
+        assert cam2world.shape[0] == b * v, \
+            f"generator_loss needs {v} views per latent, got cam2world {tuple(cam2world.shape)}"
+        consistency = self.consistency if self.consistency is not None and self.consistency.weight > 0 else None
+        cams = cam2world.reshape(b, v, 4, 4)
+        if consistency is not None:  # the second view of each latent's first view joins the same render
+            second_cams = consistency.second_cameras(cams[:, 0])
+            cams = torch.cat([cams, second_cams[:, None]], dim=1)
         with self.autocast():
             ws = self.G.mapping(z, None)
-            out = self.G.render(ws, cam2world, noise_mode=self.noise_mode)
-        logits = self._score(out["image"], cam2world).reshape(b, self.views)
+            out = self.G.render(ws, cams.reshape(-1, 4, 4), noise_mode=self.noise_mode)
+        images = out["image"].reshape(b, cams.shape[1], *out["image"].shape[1:])
+        logits = self._score(images[:, :v].reshape(b * v, *images.shape[2:]), cam2world).reshape(b, v)
         worst = logits.min(dim=1).values
         loss = F.softplus(-worst).mean()
         stats = {"loss_G": loss.detach(), "logits_fake_G": worst.detach().mean()}
-        if self.consistency is not None and self.consistency.weight > 0:
-            main = {k: out[k][::self.views] for k in ("image", "depth")}  # each latent's first view
+        if consistency is not None:
+            depth = out["depth"].reshape(b, cams.shape[1], *out["depth"].shape[1:])
             with self.autocast():
-                extra, s = self.consistency(self.G, ws, cam2world[::self.views], main, self.noise_mode)
+                extra, s = consistency(images[:, 0], depth[:, 0], cams[:, 0], images[:, -1], cams[:, -1],
+                                       self.G.canonical_intrinsics(z.device))
             loss = loss + extra
             stats.update(s)
         return loss, stats

@@ -2,7 +2,7 @@
 # and `params.values` holds exactly the params the stage reads, so changing one reruns that
 # stage (and, through its outputs, the stages after it) but never the stages before it.
 # STAGES comes from the Snakefile (gmnr.pipeline_spec.load_stages on dvc.yaml).
-from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory
+from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory, snakemake_inputs
 
 
 def _outputs(stage):
@@ -12,13 +12,13 @@ def _outputs(stage):
 for _stage in STAGES.values():
 
     rule:
-        name: _stage.name
-        input: _stage.deps
+        name: _stage.rule_name
+        input: snakemake_inputs(_stage, STAGES)
         output: _outputs(_stage)
         params:
             cmd=_stage.command(OVERRIDES),
             values=_stage.param_values(config),
-        log: f"logs/{config['dataset']}/{_stage.name}.log"
+        log: f"logs/{config['dataset']}/{_stage.rule_name}.log"
         threads: _stage.threads
         resources: **_stage.resources
         conda: str(PROJECT / _stage.conda) if _stage.conda else None
