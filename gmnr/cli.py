@@ -67,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", parents=[common], help="multi-view and depth videos and a grid for a checkpoint")
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--output", type=Path, help="default: <paths.runs>/<dataset>/<model>/render")
+
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="FID/KID, identity, depth and pose consistency, FPS of a checkpoint (GMPI protocol)")
+    p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
+    p.add_argument("--input", type=Path, help="packed training set for FID/KID (default: <paths.processed>/<dataset>)")
+    p.add_argument("--output", type=Path,
+                   help="default: <paths.runs>/<dataset>/<model>/metrics.json (metrics_init.json with --init)")
+    p.add_argument("--init", action="store_true",
+                   help="evaluate the checkpoint's architecture at its initial weights (the trainer's seed)")
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="table and plots of the latest evaluation of each (dataset, model, ablation)")
+    p.add_argument("--output", type=Path, help="default: <paths.results>")
+    p.add_argument("--backend", dest="backends", action="append", default=[], metavar="METRIC=BACKEND",
+                   help="the back end whose numbers fill METRIC's column, needed when the evaluations "
+                        "used several (repeatable), e.g. --backend fid=clean-fid")
     return parser
 
 
@@ -94,6 +110,16 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         return stages.run_download(params, output, reports, downloads, from_dir, progress)
     if args.command == "train":
         return _train(args, params, progress)
+    if args.command == "evaluate":
+        from gmnr.eval.evaluate import evaluate
+        checkpoint, real = args.checkpoint or params.run_dir() / "final.pt", args.input or params.processed_dir()
+        if params.evaluate.with_init and not args.init:  # the baseline first: the table shows both
+            init_output = args.output.with_name(f"{args.output.stem}-init{args.output.suffix}") if args.output else None
+            evaluate(params, checkpoint, real, init_output, True, progress)
+        return evaluate(params, checkpoint, real, args.output, args.init, progress)
+    if args.command == "compare":
+        from gmnr.eval.compare import run_compare
+        return run_compare(params, args.output or Path(params.paths.results), args.backends)
     if args.command == "render":
         return stages.run_render(params, args.checkpoint or params.run_dir() / "final.pt",
                                  args.output or params.run_dir() / "render", progress)

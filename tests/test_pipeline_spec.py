@@ -40,7 +40,9 @@ def test_snakemake_rules_are_the_dvc_stages_with_a_switched_dataset():
     for name, stage in stages.items():
         assert f"rule {stage.rule_name}:" in done.stdout
         for out in stage.outs:
-            assert out in done.stdout and "ffhq256" in out
+            assert out in done.stdout
+            # compare's table spans every dataset in the tracking store; everything else is per dataset
+            assert "ffhq256" in out or stage.name == "compare"
         assert stage.cmd in done.stdout
 
 

@@ -19,6 +19,18 @@ def _gmpi_fields(params: Params) -> dict:
                 fov_deg=cam.fov_deg, radius=cam.radius, center=tuple(cam.center), depth_range=tuple(cam.depth_range))
 
 
+def _mvcgan_fields(params: Params) -> dict:
+    from gmnr.train.curriculum import curriculum_from_params
+    cam, m = params.camera(), params.mvcgan
+    rays = [s.ray_resolution for s in curriculum_from_params(params).stages]
+    return dict(resolution=params.training_resolution(), ray_resolution=rays[-1], min_ray_resolution=min(rays),
+                z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers,
+                mapping_lr_multiplier=m.mapping_lr_multiplier, siren_layers=m.siren_layers,
+                siren_hidden=m.siren_hidden, freq_scale=m.freq_scale, freq_bias=m.freq_bias,
+                feature_dim=m.feature_dim, samples_per_ray=m.samples_per_ray, decoder_channels=m.decoder_channels,
+                fov_deg=cam.fov_deg, center=tuple(cam.center), depth_range=tuple(cam.depth_range))
+
+
 def build_generator(params: Params) -> torch.nn.Module:
     if params.model == "gmpi":
         from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
@@ -31,10 +43,17 @@ def build_generator(params: Params) -> torch.nn.Module:
             vdr_pos_freqs=n.pos_freqs, vdr_depth_freqs=n.depth_freqs, vdr_dir_freqs=tuple(n.dir_freqs),
             vdr_k_hidden=n.k_hidden, vdr_k_layers=n.k_layers, vdr_h_hidden=n.h_hidden, vdr_h_layers=n.h_layers,
             vdr_zero_init=n.zero_init))
+    if params.model == "mvcgan":
+        from gmnr.models.mvcgan import MVCGANConfig, MVCGANGenerator
+        return MVCGANGenerator(MVCGANConfig(**_mvcgan_fields(params)))
     raise ValueError(f"model '{params.model}' has no generator in this version")
 
 
 def build_discriminator(params: Params) -> torch.nn.Module:
+    if params.model == "mvcgan":
+        from gmnr.models.mvcgan_discriminator import PoseDiscriminator
+        m = params.mvcgan
+        return PoseDiscriminator(params.training_resolution(), m.d_channel_base, m.d_channel_max)
     from gmnr.models.stylegan2 import Discriminator
     g = params.gmpi
     return Discriminator(c_dim=16, img_resolution=params.training_resolution(), channel_base=g.channel_base,

@@ -21,6 +21,7 @@ from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
 from gmnr.models.factory import build_discriminator, build_generator
 from gmnr.train import checkpoint as ckpt
 from gmnr.train import distributed as dist
+from gmnr.train.curriculum import Stage, curriculum_from_params, default_batch_per_gpu, recipe_from_params
 from gmnr.train.losses import GMPILoss, PosePrior, ViewConsistency
 from gmnr.train.samples import grid_cameras, grid_latents, render_grid
 
@@ -32,9 +33,8 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 def batch_per_gpu(params: Params) -> int:
-    if params.train.batch_per_gpu:
-        return params.train.batch_per_gpu
-    return 8 if params.training_resolution() <= 256 else 4  # the published GMPI setting
+    """The batch of a single-stage run (GMPI, GMNR); curricula set theirs per stage."""
+    return default_batch_per_gpu(params)
 
 
 def _global_draw(n_total: int, rank: int, n_rank: int, fn):
@@ -64,24 +64,33 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
             torch.backends.cudnn.benchmark = False
         self.device = info.device
-        self.batch = batch_per_gpu(params)
+        self.curriculum = curriculum_from_params(params)
+        self.recipe = recipe_from_params(params)
+        self.stage: Stage = self.curriculum.stage_at(0)
+        self.batch = self.stage.batch_per_gpu
         self.total_batch = self.batch * info.world_size
         self.dataset = PackedDataset(data_dir, params.training_resolution())
         torch.manual_seed(params.seed)  # initial weights: identical on every rank
         self.G = build_generator(params).to(self.device).train()
         self.D = build_discriminator(params).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        ratio = t.r1_interval / (t.r1_interval + 1)  # lazy regularisation (StyleGAN2, App. B)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=tuple(t.betas))
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.lr_d * ratio,
-                                      betas=tuple(b ** ratio for b in t.betas))
+        interval = self.recipe.r1_interval
+        self.d_ratio = interval / (interval + 1) if interval > 1 else 1.0  # lazy regularisation (StyleGAN2, App. B)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.stage.lr_g, betas=tuple(t.betas))
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.stage.lr_d * self.d_ratio,
+                                      betas=tuple(b ** self.d_ratio for b in t.betas))
         cam = params.camera()
         self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
         use_amp = t.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-        consistency = (ViewConsistency(params.gmnr.consistency_weight, params.gmnr.consistency_view, self.prior)
-                       if params.model == "gmnr" else None)
-        self.loss = GMPILoss(self.G, self.D, t.r1_gamma, t.views_per_latent, t.noise_mode, self.autocast, consistency)
+        if params.model == "mvcgan":
+            from gmnr.train.mvcgan_loss import MVCGANLoss
+            self.loss = MVCGANLoss(self.G, self.D, self.prior, params.mvcgan, t.noise_mode, self.autocast)
+        else:
+            consistency = (ViewConsistency(params.gmnr.consistency_weight, params.gmnr.consistency_view, self.prior)
+                           if params.model == "gmnr" else None)
+            self.loss = GMPILoss(self.G, self.D, self.recipe.r1_gamma, self.recipe.views_per_latent, t.noise_mode,
+                                 self.autocast, consistency)
         self.step = 0
         self.mlflow_run_id: str | None = None
 
@@ -106,12 +115,17 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.mlflow_run_id = state.get("mlflow_run_id") or None
+        self.enter_stage(self.step)
         return path
 
     def init_pretrained(self) -> dict | None:
         source = self.params.train.pretrained
         if not source:
             return None
+        if self.params.model == "mvcgan":
+            from gmnr.config import ParamsError
+            raise ParamsError("'train.pretrained': StyleGAN2 weights initialise gmpi/gmnr; mvcgan trains from "
+                              "scratch (set train.pretrained=null)")
         from gmnr.models.pretrained import init_generator_from_pkl
         path = Path(source)
         if not path.is_file():
@@ -121,10 +135,35 @@ class Trainer:
         self.G_ema.load_state_dict(self.G.state_dict())
         return report
 
+    # -- curriculum -----------------------------------------------------------------------------
+    def enter_stage(self, step: int) -> Stage:
+        """Apply the stage of ``step``: batch, learning rates (also after an optimizer state was
+        loaded, which carries the lr it was saved with) and the loss's per-step schedule."""
+        stage = self.curriculum.stage_at(step)
+        self.stage, self.batch = stage, stage.batch_per_gpu
+        self.total_batch = self.batch * self.info.world_size
+        for group in self.opt_G.param_groups:
+            group["lr"] = stage.lr_g
+        for group in self.opt_D.param_groups:
+            group["lr"] = stage.lr_d * self.d_ratio
+        set_step = getattr(self.loss, "set_step", None)  # optional hook: stage-dependent loss/model state
+        if set_step is not None:
+            set_step(step, stage, self.curriculum.fade(step))
+        return stage
+
+    def _real_batch(self, step: int) -> dict[str, torch.Tensor]:
+        idx = sample_indices(step, self.info.rank, self.info.world_size, self.batch, len(self.dataset), self.params.seed)
+        real = load_batch(self.dataset, idx, self.device)
+        res = self.stage.resolution
+        if real["image"].shape[-1] != res:  # a curriculum stage below the packed resolution
+            real["image"] = torch.nn.functional.interpolate(real["image"], size=(res, res), mode="bilinear",
+                                                            align_corners=False, antialias=True)
+        return real
+
     # -- one step -------------------------------------------------------------------------------
     def _draws(self, step: int):
         seed, n, b, r = self.params.seed, self.total_batch, self.batch, self.info.rank
-        z_dim, views = self.G.z_dim, self.params.train.views_per_latent
+        z_dim, views = self.G.z_dim, self.recipe.views_per_latent
         dev = self.device
 
         def z(stream):
@@ -136,12 +175,13 @@ class Trainer:
         return z(STREAM_Z_D), cams(STREAM_POSE_D, 1), z(STREAM_Z_G), cams(STREAM_POSE_G, views)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        t = self.params.train
+        recipe = self.recipe
+        stage = self.enter_stage(step)
         torch.manual_seed(step_generator(self.params.seed, step, STREAM_NOISE).initial_seed() + self.info.rank)
-        idx = sample_indices(step, self.info.rank, self.info.world_size, self.batch, len(self.dataset), self.params.seed)
-        real = load_batch(self.dataset, idx, self.device)
+        real = self._real_batch(step)
         z_d, cam_d, z_g, cam_g = self._draws(step)
-        stats: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {"curriculum_stage": torch.tensor(float(stage.index)),
+                                          "resolution": torch.tensor(float(stage.resolution))}
 
         # Discriminator: main loss, and lazy R1 every r1_interval steps.
         self.G.requires_grad_(False)
@@ -150,12 +190,12 @@ class Trainer:
         loss_d, s = self.loss.discriminator_loss(real["image"], real["cam2world"], z_d, cam_d)
         loss_d.backward()
         stats.update(s)
-        if step % t.r1_interval == 0 and t.r1_gamma > 0:
-            loss_r1, s = self.loss.r1_loss(real["image"], real["cam2world"], t.r1_interval)
+        if step % recipe.r1_interval == 0 and recipe.r1_gamma > 0:
+            loss_r1, s = self.loss.r1_loss(real["image"], real["cam2world"], recipe.r1_interval)
             loss_r1.backward()
             stats.update(s)
         dist.average_gradients(self.D.parameters(), self.info)
-        stats["grad_norm_D"] = _clip(self.D.parameters(), t.grad_clip)
+        stats["grad_norm_D"] = _clip(self.D.parameters(), recipe.grad_clip)
         self.opt_D.step()
 
         # Generator: worst of N views per latent.
@@ -166,7 +206,7 @@ class Trainer:
         loss_g.backward()
         stats.update(s)
         dist.average_gradients(self.G.parameters(), self.info)
-        stats["grad_norm_G"] = _clip(self.G.parameters(), t.grad_clip)
+        stats["grad_norm_G"] = _clip(self.G.parameters(), recipe.grad_clip)
         self.opt_G.step()
 
         dist.average_buffers(self.G, self.info)
@@ -197,6 +237,11 @@ class Trainer:
         return path
 
 
+def model_sections(model: str) -> tuple[str, ...]:
+    """The params sections a model family reads (GMNR builds on GMPI's)."""
+    return {"gmnr": ("gmpi", "gmnr")}.get(model, (model,))
+
+
 def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or resume) ``params.model`` on the packed set in ``data_dir``; outputs in ``run_dir``.
 
@@ -210,7 +255,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     resumed = trainer.resume()
     pretrained = None if resumed else trainer.init_pretrained()
     t = params.train
-    sections = ("model", "gmpi", "gmnr", "train", "demo") if params.model == "gmnr" else ("model", "gmpi", "train", "demo")
+    sections = tuple(dict.fromkeys(("model", *model_sections(params.model), "train", "demo")))
     with stage_run("train", params, sections, {"resumed_from": str(resumed or "")}, trainer.mlflow_run_id,
                    enabled=info.is_main) as run:
         trainer.mlflow_run_id = run.run_id or trainer.mlflow_run_id

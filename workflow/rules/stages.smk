@@ -5,8 +5,16 @@
 from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory, snakemake_inputs
 
 
+def _output(stage, path):
+    out = directory(path) if is_directory(path) else path
+    # `snakemake --report` shows the pictures and tables of stages with a category
+    if not stage.report or not (is_directory(path) or path.endswith((".png", ".csv", ".gif", ".mp4"))):
+        return out
+    return report(out, category=stage.report, patterns=["{name}.png"] if is_directory(path) else [])
+
+
 def _outputs(stage):
-    return [directory(p) if is_directory(p) else p for p in stage.outs] + stage.metrics
+    return [_output(stage, p) for p in stage.outs] + stage.metrics
 
 
 for _stage in STAGES.values():

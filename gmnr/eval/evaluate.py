@@ -1,0 +1,150 @@
+"""`gmnr evaluate`: every metric of GMPI's protocol for one checkpoint (or the same architecture at
+initialisation), written to ``metrics.json`` and logged as one MLflow run of the stage ``evaluate``.
+
+Reads: the checkpoint (default ``<runs>/<dataset>/<model>/final.pt``) and the packed training set
+(default ``<processed>/<dataset>``). Writes: ``<runs>/<dataset>/<model>/metrics.json`` (with
+``--init``: ``metrics_init.json``) and a cache of the training set's Inception features under
+``<runs>/<dataset>/.cache/`` (keyed by the extractor file and the images' bytes).
+
+metrics.json::
+
+    {"metrics": {"fid", "kid", "identity_similarity", "depth_mse", "pose_mse", "fps",
+                 "n_generated", "face_detection_rate", ...counts and timings},
+     "backends": {"fid": ..., "kid": ..., ...}, "tags": {MLflow tags}, "checkpoint": ..., "evaluate": {...}}
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from gmnr.config import GMNR, Params
+from gmnr.io import write_json
+
+# metric key -> the metric object (by name) whose back end measured it
+METRIC_BACKENDS = {"fid": "fid", "kid": "fid", "identity_similarity": "identity", "depth_mse": "depth",
+                   "pose_mse": "pose", "fps": "speed"}
+ABLATION_SWITCHES = ("vdr", "vdr_fraction", "consistency_weight", "consistency_view")
+
+
+def ablation_tag(params: Params) -> str:
+    """"default", or the GMNR ablation switches that differ from their defaults, e.g.
+    "vdr=False,vdr_fraction=0.3,consistency_weight=0" (other models: always "default")."""
+    if params.model != "gmnr":
+        return "default"
+    defaults, ours = GMNR(), params.gmnr
+    parts = []
+    for key in ABLATION_SWITCHES:
+        value, default = getattr(ours, key), getattr(defaults, key)
+        if value != default:
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return ",".join(parts) or "default"
+
+
+def _n_planes(params: Params) -> int | None:
+    return params.gmpi.planes_eval if params.model in ("gmpi", "gmnr") else None
+
+
+def _load(params: Params, checkpoint: Path, init: bool, device):
+    """(G, the params it was built with, checkpoint state); ``init``: the training's initial weights."""
+    import torch
+
+    from gmnr.models.factory import build_generator, load_generator
+    if not init:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{checkpoint}: no checkpoint (train first, or pass --checkpoint / --init)")
+        return load_generator(checkpoint, device)
+    trained, state = params, {}
+    if Path(checkpoint).is_file():  # the architecture the checkpoint was trained with
+        from gmnr.config import validate
+        from gmnr.train.checkpoint import load_checkpoint
+        state = load_checkpoint(Path(checkpoint), map_location="cpu")
+        trained = validate(state["config"], source=f"{checkpoint} config")
+        state = {"mlflow_run_id": state.get("mlflow_run_id", ""), "step": 0}
+    torch.manual_seed(trained.seed)  # as the trainer does right before building G
+    G = build_generator(trained).to(device)
+    return G.eval().requires_grad_(False), trained, state
+
+
+def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | None = None, init: bool = False,
+             progress: bool = True) -> dict:
+    import torch
+
+    from gmnr.eval.metrics import EvalContext
+    from gmnr.eval.metrics.depth import DepthConsistency
+    from gmnr.eval.metrics.fid import FIDKID
+    from gmnr.eval.metrics.identity import IdentityConsistency
+    from gmnr.eval.metrics.inception import load_extractor
+    from gmnr.eval.metrics.pose_accuracy import GeometryRenders, PoseAccuracy
+    from gmnr.eval.metrics.speed import Speed
+    from gmnr.tracking import stage_run
+
+    e = params.evaluate
+    torch.set_num_threads(e.threads)
+    if e.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("evaluate.device is 'cuda' but no CUDA device is available")
+    device = torch.device("cuda" if e.device != "cpu" and torch.cuda.is_available() else "cpu")
+    G, trained, state = _load(params, checkpoint, init, device)
+    trained = trained.model_copy(update={"evaluate": e})  # evaluation settings: today's params
+    run_dir = Path(params.paths.runs) / trained.dataset / trained.model
+    output = output or run_dir / ("metrics_init.json" if init else "metrics.json")
+    cam = trained.camera()
+    ctx = EvalContext(resolution=trained.training_resolution(), fov_deg=cam.fov_deg, radius=cam.radius,
+                      center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,
+                      truncation=cam.truncation, n_planes=_n_planes(trained), device=device, seed=params.seed,
+                      batch_size=e.batch_size)
+    ablation = ablation_tag(trained)
+    if init:
+        ablation = "init" if ablation == "default" else f"{ablation},init"
+    geometry = GeometryRenders(e.geometry_images, e.detect_size, e.min_face_confidence)
+    cache = Path(params.paths.runs) / trained.dataset / ".cache" if e.cache_real_features else None
+    metrics_objects = [
+        Speed(e.speed_frames, e.speed_warmup),
+        FIDKID(real_dir, e.fid_images, e.fid_real_max, e.kid_subsets, e.kid_subset_size, cache,
+               extractor=load_extractor(e.inception, device)),
+        IdentityConsistency(e.identity_pairs, e.identity_backend, e.detect_size, e.min_face_confidence),
+        PoseAccuracy(geometry),
+        DepthConsistency(geometry),
+    ]
+    step = int(state.get("step", 0)) if not init else 0
+    tags = {"train_run_id": state.get("mlflow_run_id") or "", "dataset": trained.dataset, "model": trained.model,
+            "ablation": ablation, "checkpoint_step": str(step), "checkpoint": "init" if init else str(checkpoint)}
+    sections = ("evaluate", "gmpi", "gmnr") if trained.model == "gmnr" else ("evaluate", trained.model)
+    values: dict = {}
+    backends: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    with stage_run("evaluate", trained, sections, tags) as run:
+        for metric in metrics_objects:
+            start = time.perf_counter()
+            result = metric.compute(G, ctx)
+            seconds[metric.name] = time.perf_counter() - start
+            backend = result.pop("backend")
+            for key, owner in METRIC_BACKENDS.items():
+                if owner == metric.name:
+                    backends[key] = backend
+            values.update(result)
+            if progress:
+                shown = {k: v for k, v in result.items() if k in METRIC_BACKENDS}
+                print(f"evaluate {metric.name}: {shown} ({seconds[metric.name]:.1f} s)", flush=True)
+        tags.update({f"backend.{k}": v[:250] for k, v in backends.items()})
+        run.set_tags({k: v for k, v in tags.items() if k.startswith("backend.")})
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        run.log_metrics({**numeric, **{f"seconds_{k}": v for k, v in seconds.items()}})
+        report = {"stage": "evaluate", "metrics": values, "backends": backends, "tags": tags,
+                  "checkpoint": tags["checkpoint"], "seconds": seconds, "evaluate": e.model_dump(mode="json"),
+                  "mlflow_run_id": run.run_id or ""}
+        write_json(_json_safe(report), output)
+        run.log_artifact(output)
+    return {"stage": "evaluate", "output": str(output), **{k: values.get(k) for k in METRIC_BACKENDS},
+            "n_generated": values.get("n_generated"), "face_detection_rate": values.get("face_detection_rate")}
+
+
+def _json_safe(data):
+    """NaN/inf -> null (JSON has no NaN; a reader sees "not measured")."""
+    if isinstance(data, dict):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data

@@ -1,0 +1,93 @@
+"""Training schedules: which stage (resolution, batch, learning rates) a step belongs to, and the
+per-model regularisation recipe the trainer applies.
+
+A curriculum is a list of stages with increasing start steps; the stage of step s is the last one
+whose start <= s, so it is a pure function of the step (a resumed run re-enters the right stage).
+GMPI and GMNR train in one stage built from ``train``; MVCGAN's stages come from
+``mvcgan.curriculum`` (progressive growing, pi-GAN style), up to the packed training resolution:
+stages above it are not used (the FFHQ-512 curriculum on a 256 dataset stops at 256).
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from gmnr.config import Params, ParamsError
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    start: int
+    resolution: int  # output and real-image resolution
+    ray_resolution: int | None  # volume-rendered rays per side (None: no ray renderer)
+    batch_per_gpu: int
+    lr_g: float
+    lr_d: float
+    pose_weight: float = 0.0
+    grows: bool = False  # True when the output resolution is larger than the previous stage's
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    stages: tuple[Stage, ...]
+    fade_steps: int = 0
+
+    def __post_init__(self):
+        starts = [s.start for s in self.stages]
+        if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"curriculum stages need starts 0 < ... strictly increasing, got {starts}")
+
+    def stage_at(self, step: int) -> Stage:
+        return self.stages[bisect.bisect_right([s.start for s in self.stages], step) - 1]
+
+    def fade(self, step: int) -> float:
+        """Fade-in of the stage's resolution: 0 -> 1 over ``fade_steps`` after a stage that grows
+        the output resolution, 1 otherwise."""
+        stage = self.stage_at(step)
+        if not stage.grows or self.fade_steps <= 0:
+            return 1.0
+        return min(1.0, (step - stage.start) / self.fade_steps)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Regularisation and sampling settings the trainer applies, per model family."""
+    r1_gamma: float
+    r1_interval: int
+    grad_clip: float | None
+    views_per_latent: int
+
+
+def default_batch_per_gpu(params: Params) -> int:
+    if params.train.batch_per_gpu:
+        return params.train.batch_per_gpu
+    return 8 if params.training_resolution() <= 256 else 4  # the published GMPI setting
+
+
+def curriculum_from_params(params: Params) -> Curriculum:
+    t = params.train
+    if params.model != "mvcgan":
+        res = params.training_resolution()
+        return Curriculum((Stage(0, 0, res, None, default_batch_per_gpu(params), t.lr_g, t.lr_d),))
+    m, top = params.mvcgan, params.training_resolution()
+    usable = [s for s in m.curriculum if s.resolution <= top]  # a 512 stage does not apply to a 256 dataset
+    if not usable or usable[0].start != 0:
+        raise ParamsError(f"'mvcgan.curriculum.0.resolution': {m.curriculum[0].resolution} is above the packed "
+                          f"training resolution {top} (pack.resolution); the first stage must fit")
+    stages, previous = [], None
+    for i, s in enumerate(usable):
+        pose = s.pose_weight if s.pose_weight is not None else (
+            m.pose_weight if s.resolution <= m.pose_max_resolution else 0.0)
+        grows = previous is not None and s.resolution > previous
+        stages.append(Stage(i, s.start, s.resolution, s.ray_resolution, s.batch_per_gpu, s.lr_g, s.lr_d, pose, grows))
+        previous = s.resolution
+    return Curriculum(tuple(stages), m.fade_steps)
+
+
+def recipe_from_params(params: Params) -> Recipe:
+    t = params.train
+    if params.model == "mvcgan":
+        m = params.mvcgan
+        return Recipe(m.r1_gamma, m.r1_interval, m.grad_clip, 1)  # one view per latent (+ MVCGAN's aux view)
+    return Recipe(t.r1_gamma, t.r1_interval, t.grad_clip, t.views_per_latent)

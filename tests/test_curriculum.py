@@ -1,0 +1,133 @@
+"""Curricula: stage lookup, fade-in and params; a real two-stage MVCGAN run switches at the given
+step, and a run stopped after the switch resumes into the second stage and ends bitwise equal to an
+uninterrupted run."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gmnr.config import ParamsError, load_params
+from gmnr.data.images import write_png_atomic
+from gmnr.preprocess.pack import pack_dataset
+from gmnr.preprocess.pose import CAM2WORLD_COLUMNS
+from gmnr.render.camera import pose_to_cam2world
+from gmnr.train.curriculum import Curriculum, Stage, curriculum_from_params, recipe_from_params
+
+SWITCH = 2
+STAGES = (f"[{{start: 0, resolution: 8, ray_resolution: 4, batch_per_gpu: 2, lr_g: 0.001, lr_d: 0.002}},"
+          f" {{start: {SWITCH}, resolution: 16, ray_resolution: 4, batch_per_gpu: 3, lr_g: 0.0005, lr_d: 0.0007}}]")
+TINY = ["model=mvcgan", "pack.resolution=16", "mvcgan.z_dim=8", "mvcgan.w_dim=8", "mvcgan.mapping_layers=1",
+        "mvcgan.siren_layers=2", "mvcgan.siren_hidden=16", "mvcgan.feature_dim=6", "mvcgan.samples_per_ray=6",
+        "mvcgan.decoder_channels=8", "mvcgan.d_channel_base=64", "mvcgan.d_channel_max=16", "mvcgan.fade_steps=2",
+        "mvcgan.r1_interval=1",
+        f"mvcgan.curriculum={STAGES}", "train.steps=4", "train.checkpoint_every=1", "train.sample_every=4",
+        "train.log_every=1", "train.grid_latents=1", "train.grid_views=2", "train.threads=1"]
+
+
+def _stage(i, start, res, batch=4, lr=1e-3):
+    return Stage(i, start, res, 4, batch, lr, lr, grows=i > 0)
+
+
+def test_stage_at_and_fade():
+    c = Curriculum((_stage(0, 0, 8), _stage(1, 100, 16), _stage(2, 250, 32)), fade_steps=50)
+    assert [c.stage_at(s).index for s in (0, 99, 100, 249, 250, 10 ** 6)] == [0, 0, 1, 1, 2, 2]
+    assert c.fade(0) == 1.0 and c.fade(100) == 0.0 and c.fade(125) == 0.5 and c.fade(150) == 1.0
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Curriculum((_stage(0, 0, 8), _stage(1, 0, 16)))
+
+
+def test_curriculum_params_pose_weight_and_stages_above_the_data():
+    p = load_params(overrides=["model=mvcgan", "dataset=ffhq256"])
+    c = curriculum_from_params(p)
+    assert [s.resolution for s in c.stages] == [64, 128, 256]  # the 512 stage needs 512 data
+    assert [s.pose_weight for s in c.stages] == [15.0, 15.0, 0.0]  # stops above 128
+    assert (c.stages[0].batch_per_gpu, c.stages[0].lr_g, c.stages[0].lr_d) == (56, 6e-5, 2e-4)
+    assert recipe_from_params(p).r1_gamma == 0.2 and recipe_from_params(p).views_per_latent == 1
+    with pytest.raises(ParamsError, match=r"mvcgan\.curriculum\.0\.resolution"):
+        curriculum_from_params(load_params(overrides=[
+            "model=mvcgan", "pack.resolution=16",
+            "mvcgan.curriculum=[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]"]))
+    gmpi = curriculum_from_params(load_params(overrides=["model=gmpi"]))
+    assert len(gmpi.stages) == 1 and gmpi.stages[0].ray_resolution is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mvcgan.curriculum=[{start: 5, resolution: 8, ray_resolution: 4, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]",
+     "first stage has start 0"),
+    ("mvcgan.curriculum=[{start: 0, resolution: 8, ray_resolution: 16, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]",
+     "mvcgan.curriculum.0"),
+    ("mvcgan.curriculum=[{start: 0, resolution: 12, ray_resolution: 4, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]",
+     "'mvcgan.curriculum.0.resolution'"),
+    ("mvcgan.mixup_max=2", "'mvcgan.mixup_max'"),
+])
+def test_bad_mvcgan_params_name_the_key(override, message):
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
+        load_params(overrides=[override])
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curriculum")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        img = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 255, 3).astype(np.uint8)
+        yy, xx = np.mgrid[:16, :16]
+        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = [200, 150, 120]
+        write_png_atomic(root / "raw" / "images" / f"{i:03d}.png", img)
+        yaw = float(rng.normal(0, 0.2))
+        c2w = pose_to_cam2world(torch.tensor([yaw], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+        rows.append({"file": f"{i:03d}.png", "status": "ok", "yaw": yaw, **dict(zip(CAM2WORLD_COLUMNS, c2w[0].ravel().tolist()))})
+    pack_dataset(root / "raw", pd.DataFrame(rows), root / "packed", 16, 12.6, {}, 90, progress=False)
+    return root
+
+
+def _train(packed, out, stop_after=None):
+    from gmnr.train.loop import train
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        return train(load_params(overrides=TINY), packed / "packed", out, progress=False, stop_after=stop_after)
+    finally:  # the trainer sets process-wide torch state; leave the test process as it was
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def _ckpt(run_dir, step):
+    return torch.load(run_dir / "checkpoints" / f"step-{step:09d}.pt", weights_only=True)
+
+
+def test_two_stage_run_switches_and_resumes_into_the_second_stage(packed, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{packed / 'mlflow.db'}")
+    straight = packed / "straight"
+    summary = _train(packed, straight)
+    assert summary["curriculum_stage"] == 1 and summary["resolution"] == 16 and summary["batch_per_gpu"] == 3
+    before, after = _ckpt(straight, SWITCH), _ckpt(straight, SWITCH + 1)  # after step SWITCH - 1 / SWITCH
+    assert int(before["G"]["stage_resolution"]) == 8 and before["opt_G"]["param_groups"][0]["lr"] == 0.001
+    assert int(after["G"]["stage_resolution"]) == 16 and after["opt_G"]["param_groups"][0]["lr"] == 0.0005
+    assert after["opt_D"]["param_groups"][0]["lr"] == 0.0007
+    assert float(after["G"]["stage_fade"]) == 0.0  # the new resolution starts fading in
+    from PIL import Image
+    with Image.open(straight / "samples" / "final.png") as grid:
+        assert grid.size == (2 * 16, 16)
+
+    from mlflow.tracking import MlflowClient
+    run_id = torch.load(straight / "final.pt", weights_only=True)["mlflow_run_id"]
+    history = MlflowClient(f"sqlite:///{packed / 'mlflow.db'}").get_metric_history(run_id, "resolution")
+    assert sorted((m.step, m.value) for m in history) == [(1, 8.0), (2, 8.0), (3, 16.0), (4, 16.0)]
+
+    # Stopped after the switch (checkpoint of step SWITCH + 1), and exactly at it (the checkpoint
+    # of step SWITCH holds stage 0's learning rates; the next step is stage 1's first).
+    for stop in (SWITCH + 1, SWITCH):
+        resumed = packed / f"resumed-{stop}"
+        first = _train(packed, resumed, stop_after=stop)
+        assert first["step"] == stop and not (resumed / "final.pt").exists()
+        second = _train(packed, resumed)
+        assert second["resumed_from"].endswith(f"step-{stop:09d}.pt") and second["curriculum_stage"] == 1
+        a, b = _ckpt(straight, 4), _ckpt(resumed, 4)
+        for key in ("G", "D", "G_ema"):
+            diff = [k for k in a[key] if not torch.equal(a[key][k], b[key][k])]
+            assert not diff, f"stopped at {stop}: {key}: {diff[:5]} differ after resume"
+        assert b["opt_G"]["param_groups"][0]["lr"] == 0.0005 and b["opt_D"]["param_groups"][0]["lr"] == 0.0007
+        assert json.loads((resumed / "train.json").read_text())["resolution"] == 16
