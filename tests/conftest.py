@@ -46,3 +46,30 @@ def copy_project(dest: Path) -> Path:
 def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gmnr", *args], cwd=cwd, env=env or env_with_venv(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def make_disc_dataset(root: Path, count: int) -> Path:
+    """A small packed set (what `gmnr pack` writes) of 16 px coloured discs on random backgrounds
+    with known cameras, under ``root/packed``; the raw images under ``root/raw``."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from gmnr.data.images import write_png_atomic
+    from gmnr.preprocess.pack import pack_dataset
+    from gmnr.preprocess.pose import CAM2WORLD_COLUMNS
+    from gmnr.render.camera import pose_to_cam2world
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        img = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 255, 3).astype(np.uint8)
+        yy, xx = np.mgrid[:16, :16]
+        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = [200, 150, 120]
+        write_png_atomic(root / "raw" / "images" / f"{i:03d}.png", img)
+        yaw = float(rng.normal(0, 0.2))
+        c2w = pose_to_cam2world(torch.tensor([yaw], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+        rows.append({"file": f"{i:03d}.png", "status": "ok", "yaw": yaw,
+                     **dict(zip(CAM2WORLD_COLUMNS, c2w[0].ravel().tolist()))})
+    pack_dataset(root / "raw", pd.DataFrame(rows), root / "packed", 16, 12.6, {}, 90, progress=False)
+    return root / "packed"

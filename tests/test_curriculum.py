@@ -3,17 +3,12 @@ step, and a run stopped after the switch resumes into the second stage and ends 
 uninterrupted run."""
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from gmnr.config import ParamsError, load_params
-from gmnr.data.images import write_png_atomic
-from gmnr.preprocess.pack import pack_dataset
-from gmnr.preprocess.pose import CAM2WORLD_COLUMNS
-from gmnr.render.camera import pose_to_cam2world
 from gmnr.train.curriculum import Curriculum, Stage, curriculum_from_params, recipe_from_params
+from tests.conftest import make_disc_dataset
 
 SWITCH = 2
 STAGES = (f"[{{start: 0, resolution: 8, ray_resolution: 4, batch_per_gpu: 2, lr_g: 0.001, lr_d: 0.002}},"
@@ -70,17 +65,7 @@ def test_bad_mvcgan_params_name_the_key(override, message):
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     root = tmp_path_factory.mktemp("curriculum")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        img = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 255, 3).astype(np.uint8)
-        yy, xx = np.mgrid[:16, :16]
-        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = [200, 150, 120]
-        write_png_atomic(root / "raw" / "images" / f"{i:03d}.png", img)
-        yaw = float(rng.normal(0, 0.2))
-        c2w = pose_to_cam2world(torch.tensor([yaw], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
-        rows.append({"file": f"{i:03d}.png", "status": "ok", "yaw": yaw, **dict(zip(CAM2WORLD_COLUMNS, c2w[0].ravel().tolist()))})
-    pack_dataset(root / "raw", pd.DataFrame(rows), root / "packed", 16, 12.6, {}, 90, progress=False)
+    make_disc_dataset(root, 6)
     return root
 
 

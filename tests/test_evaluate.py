@@ -4,18 +4,12 @@ import math
 import subprocess
 import sys
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from gmnr.config import load_params
-from gmnr.data.images import write_png_atomic
 from gmnr.eval.evaluate import ablation_tag
-from gmnr.preprocess.pack import pack_dataset
-from gmnr.preprocess.pose import CAM2WORLD_COLUMNS
-from gmnr.render.camera import pose_to_cam2world
-from tests.conftest import ROOT, env_with_venv
+from tests.conftest import ROOT, env_with_venv, make_disc_dataset
 
 TINY = ["-S", "pack.resolution=16", "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
         "-S", "gmpi.channel_base=256", "-S", "gmpi.channel_max=32", "-S", "gmpi.planes_train=4",
@@ -40,18 +34,7 @@ def test_ablation_tag_names_only_the_changed_gmnr_switches():
 def trained(tmp_path_factory):
     """A packed set of 12 coloured discs (16 px) and a GMPI run of 2 steps on it."""
     root = tmp_path_factory.mktemp("evaluate")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(12):
-        img = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 255, 3).astype(np.uint8)
-        yy, xx = np.mgrid[:16, :16]
-        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = [200, 150, 120]
-        write_png_atomic(root / "raw" / "images" / f"{i:03d}.png", img)
-        yaw = float(rng.normal(0, 0.2))
-        c2w = pose_to_cam2world(torch.tensor([yaw], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
-        rows.append({"file": f"{i:03d}.png", "status": "ok", "yaw": yaw,
-                     **dict(zip(CAM2WORLD_COLUMNS, c2w[0].ravel().tolist()))})
-    pack_dataset(root / "raw", pd.DataFrame(rows), root / "packed", 16, 12.6, {}, 90, progress=False)
+    make_disc_dataset(root, 12)
     env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     done = subprocess.run([sys.executable, "-m", "gmnr", "train", "--no-progress", "--input", str(root / "packed"),
                            "--output", str(root / "run"), *TINY, "-S", "train.steps=2", "-S", "train.checkpoint_every=2",

@@ -6,16 +6,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from gmnr.data.images import write_png_atomic
-from gmnr.preprocess.pack import pack_dataset
-from gmnr.preprocess.pose import CAM2WORLD_COLUMNS
-from gmnr.render.camera import pose_to_cam2world
-from tests.conftest import ROOT, env_with_venv
+from tests.conftest import ROOT, env_with_venv, make_disc_dataset
 
 TINY = ["-S", "pack.resolution=16", "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
         "-S", "gmpi.channel_base=256", "-S", "gmpi.channel_max=32", "-S", "gmpi.planes_train=4",
@@ -28,17 +22,7 @@ TINY = ["-S", "pack.resolution=16", "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16"
 def packed(tmp_path_factory):
     """A small packed set of coloured discs with known cameras (what `gmnr pack` writes)."""
     root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(12):
-        img = np.zeros((16, 16, 3), np.uint8) + rng.integers(0, 255, 3).astype(np.uint8)
-        yy, xx = np.mgrid[:16, :16]
-        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = [200, 150, 120]
-        write_png_atomic(root / "raw" / "images" / f"{i:03d}.png", img)
-        yaw = float(rng.normal(0, 0.2))
-        c2w = pose_to_cam2world(torch.tensor([yaw], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
-        rows.append({"file": f"{i:03d}.png", "status": "ok", "yaw": yaw, **dict(zip(CAM2WORLD_COLUMNS, c2w[0].ravel().tolist()))})
-    pack_dataset(root / "raw", pd.DataFrame(rows), root / "packed", 16, 12.6, {}, 90, progress=False)
+    make_disc_dataset(root, 12)
     return root
 
 
