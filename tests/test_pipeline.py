@@ -59,7 +59,8 @@ def project(tmp_path_factory):
     params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
                                    grid_views=2)
     params["render"].update(seeds=2, frames=4)
-    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1)
+    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1,
+                                      with_init=False)  # the untrained baseline is tested in test_evaluate
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done, seconds = _snakemake(cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
