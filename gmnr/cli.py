@@ -113,6 +113,8 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
     if args.command == "evaluate":
         from gmnr.eval.evaluate import evaluate
         checkpoint, real = args.checkpoint or params.run_dir() / "final.pt", args.input or params.processed_dir()
+        if not checkpoint.is_file():  # before anything else: every metric needs it, even the init baseline's config
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train first, or pass --checkpoint)")
         if params.evaluate.with_init and not args.init:  # the baseline first: the table shows both
             init_output = args.output.with_name(f"{args.output.stem}-init{args.output.suffix}") if args.output else None
             evaluate(params, checkpoint, real, init_output, True, progress)
