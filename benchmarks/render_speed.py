@@ -79,7 +79,10 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
 
 def write_markdown(rows: list[dict], out: Path) -> None:
     device, kind = rows[0]["device"], rows[0]["memory_kind"]
-    command = " ".join(["python benchmarks/render_speed.py", *[a for a in sys.argv[1:] if not a.startswith("--out")]])
+    argv = sys.argv[1:]
+    shown = [a for i, a in enumerate(argv)  # the command as typed, less where its table was written
+             if not a.startswith("--out") and not (i > 0 and argv[i - 1] == "--out")]
+    command = " ".join(["python benchmarks/render_speed.py", *shown])
     load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
     lines = ["## Render speed", "",
              f"`{command}` on **{device}**{load}, batch 1, published network sizes from "
