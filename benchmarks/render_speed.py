@@ -1,13 +1,15 @@
-"""Frames per second and peak memory of the generators + renderers (GMPI, GMNR), side by side.
+"""Frames per second and peak memory of the generators + renderers (GMPI, GMNR, MVCGAN), side by side.
 
-Each (resolution, planes) point runs in a fresh process so its peak memory is its own:
+Each (model, resolution, planes) point runs in a fresh process so its peak memory is its own:
 CUDA peak allocated memory on a GPU, peak resident set size (RSS) on the CPU. Networks use the
-published GMPI sizes from params.yaml (`gmpi` section, not the demo's), random weights (speed
-does not depend on them), batch 1, after warm-up. Writes a table to docs/benchmarks.md.
+published sizes from params.yaml (not the demo's), random weights, batch 1, after a warm-up
+frame (a first frame slower than 10 s counts as the first measurement instead). GMNR is timed
+once per inference VdR mode (``--gmnr-vdr``: all eligible pairs, the training-time sampled share,
+off as the published evaluation renders). Writes a table to docs/benchmarks.md.
 
-    python benchmarks/render_speed.py                       # gmpi + gmnr, 256/512/1024 x 32/96 planes
+    python benchmarks/render_speed.py                       # gmpi + gmnr (all, off), 256/512/1024 x 96 planes
     python benchmarks/render_speed.py --models gmnr mvcgan --resolutions 256 512 --planes 96
-    python benchmarks/render_speed.py --models gmpi --resolutions 256 --planes 32 --repeats 5
+    python benchmarks/render_speed.py --models gmpi gmnr --gmnr-vdr all sampled off --resolutions 256 --repeats 5
 """
 from __future__ import annotations
 
@@ -34,18 +36,22 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(model: str, resolution: int, planes: int, repeats: int, device: str, threads: int) -> dict:
+SLOW_FIRST_FRAME_S = 10.0  # a first frame this slow is measured, not thrown away as warm-up
+
+
+def measure(model: str, resolution: int, planes: int, repeats: int, device: str, threads: int,
+            vdr: str = "all") -> dict:
     import torch
 
     from gmnr.config import load_params
-    from gmnr.models.factory import build_generator
+    from gmnr.models.factory import build_generator, set_inference_vdr
     from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
     params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"model={model}", f"pack.resolution={resolution}"])
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    G = build_generator(params).to(dev).eval()
+    G = set_inference_vdr(build_generator(params).to(dev), vdr).eval()
     cam = pose_to_cam2world(torch.tensor([0.3]), torch.tensor([0.1])).to(dev)
     z = torch.randn(1, G.z_dim, device=dev)
 
@@ -58,23 +64,30 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
             if "n_sampled" in out:  # GMNR: (plane, pixel) pairs that got view-dependent colour
                 pairs.append(int(out["n_sampled"].sum()))
 
+    start = time.perf_counter()
     frame()  # warm-up (allocations, kernels)
+    first = time.perf_counter() - start
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    times = [first] if first > SLOW_FIRST_FRAME_S else []
+    while len(times) < repeats:
+        start = time.perf_counter()
         frame()
-    seconds = (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    seconds = sum(times) / len(times)
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20
         name = torch.cuda.get_device_name(dev)
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         name = f"CPU: {_cpu_name()}, {threads} threads"
-    return {"model": model, "resolution": resolution, "planes": planes, "seconds_per_frame": seconds, "fps": 1 / seconds,
+    pairs = pairs[-len(times):]
+    return {"model": model, "vdr": vdr if model == "gmnr" else "-", "resolution": resolution, "planes": planes,
+            "seconds_per_frame": seconds, "fps": 1 / seconds, "frames_timed": len(times),
             "peak_memory_mb": peak_mb, "memory_kind": "CUDA peak allocated" if dev.type == "cuda" else "peak RSS",
             "device": name, "generator_parameters": sum(p.numel() for p in G.parameters()),
-            "vdr_pairs_per_frame": sum(pairs) / len(pairs) if pairs else None}
+            "vdr_pairs_per_frame": sum(pairs) / len(pairs) if pairs else None,
+            "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if pairs else None}
 
 
 def write_markdown(rows: list[dict], out: Path) -> None:
@@ -86,21 +99,27 @@ def write_markdown(rows: list[dict], out: Path) -> None:
     load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
     lines = ["## Render speed", "",
              f"`{command}` on **{device}**{load}, batch 1, published network sizes from "
-             f"params.yaml (random weights), generator + renderer, after warm-up, one process per row. "
-             f"Memory: {kind}. The last column is this model's time per frame over GMPI's at the same "
-             f"resolution and plane count, measured in the same run. GMNR's cost grows with the number of "
-             f"(plane, pixel) pairs that get view-dependent colour (VdR pairs): 60 % of those with "
-             f"compositing weight above `gmnr.vdr_threshold`. Random weights give dense, half-transparent "
-             f"alphas, so almost every plane in front of the background qualifies: a worst case.", "",
+             f"params.yaml (random weights), generator + renderer (mapping, synthesis of the MPI, "
+             f"rendering), one process per row. Memory: {kind}. 'time vs GMPI' is this row's time per "
+             f"frame over GMPI's at the same resolution and plane count, measured in the same run.", "",
+             "GMNR rows differ by the inference VdR mode (`evaluate.vdr` / `render.vdr`): `all` gives "
+             "view-dependent colour to every (plane, pixel) pair with compositing weight above "
+             "`gmnr.vdr_threshold`, `sampled` to the training-time random share (`gmnr.vdr_fraction`), "
+             "`off` to none (how the published GMNR code renders its evaluation images). Their cost grows "
+             "with the VdR pairs, MLP_K's ~1.3 M multiply-adds each at the published sizes. Random weights "
+             "give dense, half-transparent alphas, so many planes in front of the background qualify: a "
+             "worst case; a trained MPI's alphas are nearly 0 or 1.", "",
              "MVCGAN has no planes: it renders `mvcgan.samples_per_ray` samples per ray at its last "
-             "curriculum stage's ray resolution and upsamples; its last column compares it with GMNR at "
-             "the same resolution (the plane count of the GMNR row named there).", "",
-             "| model | resolution | planes | s / frame | FPS | peak memory (MB) | VdR pairs / frame | time vs GMPI | time vs GMNR |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "curriculum stage's ray resolution and upsamples; its last column compares it with GMNR "
+             "(`all`) at the same resolution (the plane count of the GMNR row named there).", "",
+             "| model | VdR | resolution | planes | s / frame | FPS | peak memory (MB) | VdR pairs / frame "
+             "| pairs / pixel | time vs GMPI | time vs GMNR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def base(model: str) -> dict:
-        return {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == model}
-    gmpi, gmnr = base("gmpi"), base("gmnr")
+    def base(model: str, vdr: str) -> dict:
+        return {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows
+                if r["model"] == model and r.get("vdr", "-") == vdr}
+    gmpi, gmnr = base("gmpi", "-"), base("gmnr", "all")
     for r in rows:
         key = (r["resolution"], r["planes"])
         vs_gmpi = f"{r['seconds_per_frame'] / gmpi[key]:.2f}x" if key in gmpi and r["model"] != "mvcgan" else "-"
@@ -110,9 +129,11 @@ def write_markdown(rows: list[dict], out: Path) -> None:
             if same:
                 vs_gmnr = f"{r['seconds_per_frame'] / same[-1][1]:.2f}x ({same[-1][0]} planes)"
         pairs = f"{r['vdr_pairs_per_frame']:,.0f}" if r.get("vdr_pairs_per_frame") is not None else "-"
+        per_pixel = f"{r['vdr_pairs_per_pixel']:.2f}" if r.get("vdr_pairs_per_pixel") is not None else "-"
         planes = "-" if r["model"] == "mvcgan" else r["planes"]
-        lines.append(f"| {r['model']} | {r['resolution']} | {planes} | {r['seconds_per_frame']:.3f} | "
-                     f"{r['fps']:.3f} | {r['peak_memory_mb']:.0f} | {pairs} | {vs_gmpi} | {vs_gmnr} |")
+        lines.append(f"| {r['model']} | {r.get('vdr', '-')} | {r['resolution']} | {planes} | "
+                     f"{r['seconds_per_frame']:.3f} | {r['fps']:.3f} | {r['peak_memory_mb']:.0f} | {pairs} | "
+                     f"{per_pixel} | {vs_gmpi} | {vs_gmnr} |")
     section = "\n".join(lines) + "\n"
     text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
     start = text.find("## Render speed")
@@ -129,31 +150,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gmpi", "gmnr"], choices=["gmpi", "gmnr", "mvcgan"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--planes", type=int, nargs="+", default=[32, 96])
+    parser.add_argument("--planes", type=int, nargs="+", default=[96])
+    parser.add_argument("--gmnr-vdr", nargs="+", default=["all", "off"], choices=["all", "sampled", "off"],
+                        help="GMNR inference VdR modes, one row each")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # child process mode: model res planes
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # child process mode: model res planes vdr
     args = parser.parse_args()
     if args.one:
-        model, res, planes = args.one[0], int(args.one[1]), int(args.one[2])
-        print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads)))
+        model, res, planes, vdr = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3]
+        print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads, vdr)))
         return
     rows = []
     for res in args.resolutions:
         for planes in args.planes:
-            for model in args.models:  # models side by side for each point: one timing environment
+            # models side by side for each point: one timing environment
+            points = [(m, v) for m in args.models for v in (args.gmnr_vdr if m == "gmnr" else ["-"])]
+            for model, vdr in points:
                 if model == "mvcgan" and planes != args.planes[0]:
                     continue  # planes mean nothing to a radiance field: one row per resolution
-                done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), "--repeats",
-                                       str(args.repeats), "--device", args.device, "--threads", str(args.threads)],
-                                      capture_output=True, text=True, cwd=ROOT)
+                done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), vdr,
+                                       "--repeats", str(args.repeats), "--device", args.device,
+                                       "--threads", str(args.threads)], capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:
                     raise SystemExit(f"{model} {res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"{model:5s} {res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
-                      f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB", flush=True)
+                print(f"{model:5s} {vdr:7s} {res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
+                      f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB, VdR pairs/pixel "
+                      f"{row['vdr_pairs_per_pixel'] or 0:.2f}", flush=True)
                 rows.append(row)
     write_markdown(rows, args.out)
     print(f"wrote {args.out}")

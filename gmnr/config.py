@@ -221,10 +221,17 @@ class Train(Strict):
     threads: PositiveInt = 2
 
 
+InferenceVdR = Literal["all", "sampled", "off"]
+INFERENCE_VDR_HELP = ("GMNR's view-dependent colour at inference: all (every eligible pair; a video does not "
+                      "flicker), sampled (the training-time random share) or off (what the published code's "
+                      "evaluation renders)")
+
+
 class Render(Strict):
     seeds: PositiveInt = 4
     frames: PositiveInt = 48
     fps: PositiveInt = 24
+    vdr: InferenceVdR = Field("all", description=INFERENCE_VDR_HELP)
 
 
 class Evaluate(Strict):
@@ -251,6 +258,7 @@ class Evaluate(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     with_init: bool = Field(True, description="also evaluate the untrained generator (same architecture and "
                                               "seed), so every table shows what training bought")
+    vdr: InferenceVdR = Field("all", description=INFERENCE_VDR_HELP)
 
 
 class Params(Strict):

@@ -143,9 +143,9 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
     from gmnr.train.distributed import init
     torch.set_num_threads(params.train.threads)
     device = init(params.train.device).device
-    G, trained, state = load_generator(checkpoint, device)
-    cam = trained.camera()
     r = params.render
+    G, trained, state = load_generator(checkpoint, device, r.vdr)
+    cam = trained.camera()
     with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
         run.log_params({"render": r.model_dump()})
         files = render_outputs(G, output, r.seeds, r.frames, cam.truncation * cam.yaw_std,

@@ -28,6 +28,10 @@ def test_ablation_tag_names_only_the_changed_gmnr_switches():
     assert ablation_tag(params) == "vdr=False,vdr_fraction=0.3,consistency_weight=0"
     assert ablation_tag(load_params(overrides=["model=gmnr", "gmnr.consistency_view=prior"])) == \
         "consistency_view=prior"
+    gmnr = load_params(overrides=["model=gmnr"])
+    assert ablation_tag(gmnr, "off") == "inference_vdr=off" and ablation_tag(gmnr, "all") == "default"
+    assert ablation_tag(load_params(overrides=["model=gmnr", "gmnr.vdr=false"]), "off") == "vdr=False"
+    assert ablation_tag(load_params(overrides=["model=gmpi"]), "off") == "default"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gmnr.models.gmnr import (AlphaVdR, GMNRConfig, GMNRGenerator, canonical_view_directions, direction_encoding,
+from gmnr.models.gmnr import (AlphaVdR, GMNRConfig, GMNRGenerator, canonical_pixel_directions, direction_encoding,
                               positional_encoding, sample_pairs)
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
 from gmnr.render.camera import pixel_rays, pose_to_cam2world
@@ -98,17 +98,35 @@ def _weights_with_zeros(b=3, p=5, h=12, w=12, threshold=0.1):
 
 
 @pytest.mark.parametrize("fraction, threshold", [(0.6, 0.0), (0.3, 0.1), (1.0, 0.1)])
-def test_sample_pairs_counts_threshold_and_uniqueness(fraction, threshold):
+def test_sample_pairs_fraction_threshold_and_uniqueness(fraction, threshold):
     weights = _weights_with_zeros(threshold=threshold if threshold > 0 else 0.1)
     b, p, _, h, w = weights.shape
     pairs = sample_pairs(weights, fraction, threshold, _seeded(0))
     picked = weights[pairs.batch, pairs.plane, 0, pairs.y, pairs.x]
-    assert (picked > threshold).all()
-    valid = (weights > threshold).reshape(b, -1).sum(1)
-    counts = torch.bincount(pairs.batch, minlength=b)
-    assert torch.equal(counts, torch.round(valid.double() * fraction).long())
+    assert (picked > threshold).all(), "pairs at or below the threshold (zero weight included) are never sampled"
+    eligible = (weights > threshold).sum()
+    n = pairs.batch.numel()
+    if fraction == 1.0:
+        assert n == eligible
+    else:  # Bernoulli(fraction) per eligible pair: within 4 binomial standard deviations
+        sd = math.sqrt(eligible * fraction * (1 - fraction))
+        assert abs(n - fraction * eligible) < 4 * sd, (n, fraction * eligible, sd)
     flat = ((pairs.batch * p + pairs.plane) * h + pairs.y) * w + pairs.x
-    assert flat.unique().numel() == flat.numel(), "sampling is without replacement"
+    assert flat.unique().numel() == flat.numel(), "each pair at most once"
+    assert torch.equal(flat, flat.sort().values), "ordered by (image, plane, row, column)"
+
+
+def test_sample_pairs_fraction_matches_params_on_a_large_set():
+    weights = torch.rand(4, 8, 1, 64, 64)
+    weights[:, ::2] = 0.0  # half the pairs have zero weight
+    for fraction in (0.25, 0.6):
+        pairs = sample_pairs(weights, fraction, 0.0, _seeded(7))
+        eligible = int((weights > 0).sum())
+        share = pairs.batch.numel() / eligible
+        sd = math.sqrt(fraction * (1 - fraction) / eligible)
+        print(f"fraction {fraction}: sampled share {share:.4f} of {eligible} eligible pairs (sd {sd:.4f})")
+        assert abs(share - fraction) < 4 * sd
+        assert (pairs.plane % 2 == 1).all()
 
 
 def test_sample_pairs_is_seeded_and_uniform():
@@ -118,14 +136,13 @@ def test_sample_pairs_is_seeded_and_uniform():
     c = sample_pairs(weights, 0.5, 0.0, _seeded(2))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert sample_pairs(weights, 0.0, 0.0, _seeded(1)).batch.numel() == 0
-    # inclusion frequency of every eligible pair ~ fraction (uniform without replacement)
+    # inclusion frequency of every eligible pair ~ fraction, of every other pair 0
     small = torch.zeros(1, 2, 1, 4, 4)
     small[0, 0, 0, :, :2] = 1.0
     small[0, 1, 0, 1:3] = 0.3                     # 16 eligible pairs
     hits, gen, draws = torch.zeros_like(small), _seeded(5), 400
     for _ in range(draws):
         s = sample_pairs(small, 0.5, 0.0, gen)
-        assert s.batch.numel() == 8
         hits[s.batch, s.plane, 0, s.y, s.x] += 1
     freq = hits[small > 0] / draws
     assert hits[small == 0].sum() == 0 and (freq - 0.5).abs().max() < 0.12
@@ -138,15 +155,12 @@ def test_view_directions_in_the_canonical_frame():
     canon = pose_to_cam2world(torch.tensor([0.0]), torch.tensor([0.0]))
     yaw = torch.tensor([0.0, 0.3, -0.2])
     cams = pose_to_cam2world(yaw, torch.zeros(3))
-    idx = torch.arange(3)
-    d = canonical_view_directions(canon, cams, k, idx, torch.full((3,), 3), torch.full((3,), 3))
-    assert torch.allclose(d, torch.stack([-torch.sin(yaw), torch.zeros(3), torch.cos(yaw)], 1), atol=1e-6)
+    d = canonical_pixel_directions(canon, cams, k, (8, 8))
+    assert d.shape == (3, 8, 8, 3)
+    assert torch.allclose(d[:, 3, 3], torch.stack([-torch.sin(yaw), torch.zeros(3), torch.cos(yaw)], 1), atol=1e-6)
     # every pixel: the world-space rays of camera.pixel_rays, rotated into the canonical frame
-    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
-    b = torch.ones(64, dtype=torch.long)
-    got = canonical_view_directions(canon, cams, k, b, ys.reshape(-1), xs.reshape(-1))
-    _, world = pixel_rays(cams[1:2], k, 8, 8)
-    assert torch.allclose(got, world.reshape(-1, 3) @ canon[0, :3, :3], atol=1e-6)
+    _, world = pixel_rays(cams, k, 8, 8)
+    assert torch.allclose(d, world @ canon[0, :3, :3], atol=1e-6)
 
 
 def test_disabled_or_zeroed_vdr_reproduces_gmpi_exactly():
@@ -197,16 +211,37 @@ def test_vdr_render_equals_dense_per_plane_compositing():
     assert not (changed & ~hit).any(), "only pixels with sampled pairs change"
 
 
-def test_eval_fraction_and_threshold():
-    _, gmnr = _pair(resolution=16, planes=4, vdr_fraction_eval=1.0, vdr_threshold=1e-3)
+def test_inference_modes_and_threshold():
+    _, gmnr = _pair(resolution=16, planes=4, vdr_threshold=1e-3)
     gmnr.eval()
     ws = gmnr.mapping(torch.randn(1, 16), None)
     with torch.no_grad():
-        out = gmnr.render(ws, _cams(1), generator=_seeded(0))
-    assert out["plane_depths"].numel() == 6
-    assert torch.equal(out["n_sampled"], (out["weights"] > 1e-3).sum(dim=(1, 2, 3, 4)))
+        out = gmnr.render(ws, _cams(1), generator=_seeded(0))  # default: every eligible pair
+        assert out["plane_depths"].numel() == 6
+        eligible = (out["weights"] > 1e-3).sum(dim=(1, 2, 3, 4))
+        assert torch.equal(out["n_sampled"], eligible)
+        again = gmnr.render(ws, _cams(1), generator=_seeded(1))
+        assert torch.equal(out["image"], again["image"]), "'all' draws nothing: the same frame every time"
+        sampled = gmnr.set_inference_vdr("sampled").render(ws, _cams(1), generator=_seeded(0))
+        assert 0 < sampled["n_sampled"].item() < eligible.item()
+        off = gmnr.set_inference_vdr("off").render(ws, _cams(1))
+        gmnr.train()
+        assert gmnr.vdr_fraction() == 0.6, "training always samples"
+    assert off["n_sampled"].item() == 0
+    with pytest.raises(ValueError, match="inference VdR mode"):
+        gmnr.set_inference_vdr("sometimes")
     with pytest.raises(ValueError):
         GMNRConfig(**_cfg(), vdr_fraction=1.5)
+
+
+def test_position_coefficients_on_shared_planes_equal_per_pair_coefficients():
+    torch.manual_seed(4)
+    vdr = AlphaVdR(16, pos_freqs=3, depth_freqs=2, k_hidden=8, k_layers=2, h_hidden=8, h_layers=1)
+    n, depths, w = 50, torch.rand(5), torch.randn(3, 16)
+    uv, plane, latent = torch.rand(n, 2) * 2 - 1, torch.randint(0, 5, (n,)), torch.randint(0, 3, (n,))
+    k_ref, h_ref = vdr.coefficients(uv, depths[plane], torch.zeros(n, 2), w, latent)
+    assert torch.allclose(vdr.position_coefficients(uv, depths, plane, w, latent), k_ref, atol=1e-6)
+    assert torch.allclose(vdr.direction_coefficients(torch.zeros(n, 2), w, latent), h_ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("resolution, planes, w_dim", [(16, 4, 16), (32, 7, 32)])

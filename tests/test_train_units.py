@@ -67,3 +67,31 @@ def test_gmnr_consistency_term_renders_the_second_view_from_the_same_mpi():
         warped, valid = backward_warp((second["image"] + 1) / 2, main["depth"], main_cams, k, second_cams, k)
         expected = photometric_loss(((main["image"] + 1) / 2).clamp(0, 1), warped.clamp(0, 1), valid)
     assert torch.allclose(stats["loss_consistency"], expected, atol=1e-5)
+
+
+def test_gmnr_consistency_second_view_is_the_plain_render_of_the_mpi():
+    """As in the published code, the second view carries no view-dependent colour: its pixels
+    equal GMPI's render of the same MPI, while the scored views do get alpha-VdR."""
+    from gmnr.models.gmnr import GMNRConfig, GMNRGenerator
+    from gmnr.models.gmpi import GMPIGenerator
+    from gmnr.models.stylegan2 import Discriminator
+    from gmnr.train.losses import GMPILoss, PosePrior, ViewConsistency
+    from tests.test_gmnr_model import SMALL_VDR, _cams, _cfg
+
+    torch.manual_seed(0)
+    G = GMNRGenerator(GMNRConfig(**_cfg(resolution=16, planes=4), **SMALL_VDR))
+    D = Discriminator(c_dim=16, img_resolution=16, channel_base=256, channel_max=32)
+    prior = PosePrior(0.3, 0.15, 2.0, 1.0, (0.0, 0.0, 0.0))
+    loss = GMPILoss(G, D, 10.0, 2, "const", contextlib.nullcontext, ViewConsistency(0.5, "mirrored", prior))
+    renders = []
+    render = G.render
+    G.render = lambda *a, **k: renders.append((a, k, render(*a, **k))) or renders[-1][2]
+    z = torch.randn(2, 16)
+    loss.generator_loss(z, _cams(4))
+    (ws, cams), kwargs, out = renders[0]
+    per_latent = out["n_sampled"].reshape(2, 3)  # 2 scored views + the second view, per latent
+    assert (per_latent[:, :2] > 0).all() and (per_latent[:, 2] == 0).all()
+    with torch.no_grad():
+        plain = GMPIGenerator.render(G, ws, cams, noise_mode="const")["image"].reshape(2, 3, 3, 16, 16)
+    images = out["image"].detach().reshape(2, 3, 3, 16, 16)
+    assert torch.equal(images[:, 2], plain[:, 2]) and not torch.allclose(images[:, :2], plain[:, :2])

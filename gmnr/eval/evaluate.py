@@ -27,9 +27,10 @@ METRIC_BACKENDS = {"fid": "fid", "kid": "fid", "identity_similarity": "identity"
 ABLATION_SWITCHES = ("vdr", "vdr_fraction", "consistency_weight", "consistency_view")
 
 
-def ablation_tag(params: Params) -> str:
+def ablation_tag(params: Params, inference_vdr: str = "all") -> str:
     """"default", or the GMNR ablation switches that differ from their defaults, e.g.
-    "vdr=False,vdr_fraction=0.3,consistency_weight=0" (other models: always "default")."""
+    "vdr=False,vdr_fraction=0.3,consistency_weight=0", plus ``inference_vdr=...`` when GMNR is
+    evaluated with other than all eligible pairs (other models: always "default")."""
     if params.model != "gmnr":
         return "default"
     defaults, ours = GMNR(), params.gmnr
@@ -38,6 +39,8 @@ def ablation_tag(params: Params) -> str:
         value, default = getattr(ours, key), getattr(defaults, key)
         if value != default:
             parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    if inference_vdr != "all" and ours.vdr:
+        parts.append(f"inference_vdr={inference_vdr}")
     return ",".join(parts) or "default"
 
 
@@ -49,11 +52,11 @@ def _load(params: Params, checkpoint: Path, init: bool, device):
     """(G, the params it was built with, checkpoint state); ``init``: the training's initial weights."""
     import torch
 
-    from gmnr.models.factory import build_generator, load_generator
+    from gmnr.models.factory import build_generator, load_generator, set_inference_vdr
     if not init:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint (train first, or pass --checkpoint / --init)")
-        return load_generator(checkpoint, device)
+        return load_generator(checkpoint, device, params.evaluate.vdr)
     trained, state = params, {}
     if Path(checkpoint).is_file():  # the architecture the checkpoint was trained with
         from gmnr.config import validate
@@ -62,7 +65,7 @@ def _load(params: Params, checkpoint: Path, init: bool, device):
         trained = validate(state["config"], source=f"{checkpoint} config")
         state = {"mlflow_run_id": state.get("mlflow_run_id", ""), "step": 0}
     torch.manual_seed(trained.seed)  # as the trainer does right before building G
-    G = build_generator(trained).to(device)
+    G = set_inference_vdr(build_generator(trained).to(device), params.evaluate.vdr)
     return G.eval().requires_grad_(False), trained, state
 
 
@@ -93,7 +96,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
                       center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,
                       truncation=cam.truncation, n_planes=_n_planes(trained), device=device, seed=params.seed,
                       batch_size=e.batch_size)
-    ablation = ablation_tag(trained)
+    ablation = ablation_tag(trained, e.vdr)
     if init:
         ablation = "init" if ablation == "default" else f"{ablation},init"
     geometry = GeometryRenders(e.geometry_images, e.detect_size, e.min_face_confidence)

@@ -60,9 +60,18 @@ def build_discriminator(params: Params) -> torch.nn.Module:
                          channel_max=g.channel_max, epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})
 
 
-def load_generator(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Params, dict]:
+def set_inference_vdr(G: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """GMNR's view-dependent colour at inference (``all`` | ``sampled`` | ``off``); other models have none."""
+    if hasattr(G, "set_inference_vdr"):
+        G.set_inference_vdr(mode)
+    return G
+
+
+def load_generator(path, device: torch.device | str = "cpu", inference_vdr: str = "all"
+                   ) -> tuple[torch.nn.Module, Params, dict]:
     """The EMA generator of a ``final.pt`` (or of a training checkpoint), in eval mode, with the
-    params it was trained with. Loaded with ``weights_only=True``: no code from the file runs."""
+    params it was trained with. Loaded with ``weights_only=True``: no code from the file runs.
+    ``inference_vdr``: see :func:`set_inference_vdr`."""
     from pathlib import Path
 
     from gmnr.config import validate
@@ -73,4 +82,4 @@ def load_generator(path, device: torch.device | str = "cpu") -> tuple[torch.nn.M
     params = validate(state["config"], source=f"{path} config")
     G = build_generator(params).to(device)
     G.load_state_dict(state["G_ema"])
-    return G.eval().requires_grad_(False), params, state
+    return set_inference_vdr(G, inference_vdr).eval().requires_grad_(False), params, state

@@ -10,15 +10,25 @@ random subset of the (plane, target pixel) pairs that contribute to the image,
 with (u, v) the plane texture coordinates hit by the pixel's ray (in [-1, 1]), d the plane depth
 normalised to [0, 1] over the MPI depth range, (omega_x, omega_y) the x, y components of the unit
 ray direction in the canonical (source) camera frame and w the latent. The pairs are drawn by
-*alpha-guided pixel sampling*: among the pairs whose compositing weight exceeds a threshold
-(0: "non-zero"), a fixed fraction (60% published) is chosen uniformly without replacement.
+*alpha-guided pixel sampling*: each pair whose compositing weight exceeds a threshold
+(0: "non-zero") is kept with probability ``vdr_fraction`` (60% published).
+
+Where the cost goes, and how it is kept down without changing the function:
+- H depends on the pixel's ray only, and a ray has one direction for every plane it crosses, so
+  MLP_H runs once per target pixel and each pair gathers its pixel's H.
+- MLP_K's first layer is linear, so the parts of its input shared by many pairs (gamma(d) of the
+  plane, w of the latent) are multiplied once per (plane, latent) and gathered; per pair only
+  gamma(u), gamma(v) go through the first layer. The hidden layers run on the sampled pairs only.
+- The weights depend on alpha only, so the view-dependent colour enters the image as a sparse
+  correction ``sum_{sampled} w_i (c'_i - c_i)`` scattered back pair by pair: no per-plane colour
+  tensor beyond GMPI's own is materialised.
+
+At inference (``eval()``) the pairs follow ``GMNRGenerator.inference_vdr``: ``all`` eligible
+pairs (deterministic: a video does not flicker), the training-time random ``sampled`` subset, or
+``off`` (no view-dependent colour; how the published code renders its FID images and videos).
 
 Everything else - the StyleGAN2 backbone, the alpha branch, the homography warp and the
-compositing - is GMPI's (:class:`GMNRGenerator` subclasses :class:`GMPIGenerator`). The weights
-depend on alpha only, so the view-dependent colour enters the image as a sparse correction
-``sum_{sampled} w_i (c'_i - c_i)`` that is gathered, evaluated and scattered back pair by pair:
-no per-plane colour tensor beyond GMPI's own is materialised.
-
+compositing - is GMPI's (:class:`GMNRGenerator` subclasses :class:`GMPIGenerator`).
 Shapes follow the config (resolution, planes, w_dim, encodings); none is hard-coded.
 """
 from __future__ import annotations
@@ -32,7 +42,7 @@ from torch import nn
 
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
 from gmnr.models.stylegan2 import FullyConnectedLayer
-from gmnr.render.mpi import relative_pose
+from gmnr.render.mpi import pixel_centres, relative_pose
 
 Tensor = torch.Tensor
 
@@ -42,6 +52,30 @@ LEAKY_SLOPE = 0.01
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+# Gathers go through index_select: its backward is index_add, which is deterministic and fast on
+# the CPU. Advanced indexing (t[i, j]) backpropagates through index_put(accumulate=True), which
+# under torch.use_deterministic_algorithms falls back to a sort on the CPU (a third of a GMNR
+# step at the demo size before this was changed).
+
+def gather_rows(t: Tensor, index: Tensor) -> Tensor:
+    """``t[index]`` along the first dimension (index [N] -> [N, ...])."""
+    return t.index_select(0, index)
+
+
+def gather_pairs(t: Tensor, pairs: "SampledPairs") -> Tensor:
+    """Values of a per-plane tensor t [B, P, C, H, W] (any memory layout) at the pairs -> [N, C]."""
+    _require(t.ndim == 5, f"gather_pairs expects [B, P, C, H, W], got {tuple(t.shape)}")
+    order = sorted(range(5), key=lambda d: -t.stride(d))
+    dense = t.permute(order)
+    if not dense.is_contiguous():  # overlapping or padded layout: make one (rare)
+        t = t.contiguous()
+        dense = t
+    stride = t.stride()
+    base = (pairs.batch * stride[0] + pairs.plane * stride[1] + pairs.y * stride[3] + pairs.x * stride[4])
+    offsets = base[:, None] + torch.arange(t.shape[2], device=t.device) * stride[2]  # [N, C]
+    return dense.reshape(-1).index_select(0, offsets.reshape(-1)).view(-1, t.shape[2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +145,7 @@ class CoefficientMLP(nn.Module):
             f = x.shape[1]
             _require(f + shared.shape[1] == first.in_features,
                      f"inputs {f} + {shared.shape[1]} must add up to {first.in_features}")
-            x = x @ weight[:, :f].t() + (shared.to(x.dtype) @ weight[:, f:].t())[index]
+            x = x @ weight[:, :f].t() + gather_rows(shared.to(x.dtype) @ weight[:, f:].t(), index)
             if first.bias is not None:
                 x = x + first.bias.to(x.dtype) * first.bias_gain
         for layer in layers[1:]:
@@ -158,8 +192,39 @@ class AlphaVdR(nn.Module):
                  f"{tuple(uv.shape)}, {tuple(d.shape)}, {tuple(omega.shape)}, {tuple(w.shape)}, {tuple(index.shape)}")
         k_in = torch.cat([positional_encoding(uv, self.pos_freqs),
                           positional_encoding(d[:, None].to(uv.dtype), self.depth_freqs)], dim=1)
-        h_in = direction_encoding(omega.to(uv.dtype), self.dir_freqs, self.dir_scale)
-        return self.mlp_k(k_in, w, index).view(n, 3, 4), self.mlp_h(h_in, w, index)
+        return self.mlp_k(k_in, w, index).view(n, 3, 4), self.direction_coefficients(omega.to(uv.dtype), w, index)
+
+    def position_coefficients(self, uv: Tensor, plane_depth01: Tensor, plane: Tensor, w: Tensor, latent: Tensor
+                              ) -> Tensor:
+        """K [N, 3, 4] of pairs on a shared set of planes: uv [N, 2], plane_depth01 [P] (normalised
+        depths of the MPI's planes), plane [N] and latent [N] indices into plane_depth01 and w [L, w_dim].
+
+        The same function as :meth:`coefficients` with ``d = plane_depth01[plane]``: the first
+        layer's (gamma(d), w) part is evaluated once per (plane, latent) combination and gathered.
+        """
+        n, p, n_latents = uv.shape[0], plane_depth01.shape[0], w.shape[0]
+        _require(uv.shape == (n, 2) and plane.shape == (n,) and latent.shape == (n,) and plane_depth01.ndim == 1
+                 and w.ndim == 2 and w.shape[1] == self.w_dim,
+                 f"position_coefficients expects uv [N, 2], plane_depth01 [P], plane [N], w [L, {self.w_dim}], "
+                 f"latent [N]; got {tuple(uv.shape)}, {tuple(plane_depth01.shape)}, {tuple(plane.shape)}, "
+                 f"{tuple(w.shape)}, {tuple(latent.shape)}")
+        depth_enc = positional_encoding(plane_depth01[:, None].to(uv.dtype), self.depth_freqs)  # [P, 2 * depth_freqs]
+        shared = torch.cat([depth_enc[:, None].expand(p, n_latents, -1),
+                            w.to(uv.dtype)[None].expand(p, n_latents, -1)], dim=2).reshape(p * n_latents, -1)
+        return self.mlp_k(positional_encoding(uv, self.pos_freqs), shared, plane * n_latents + latent).view(n, 3, 4)
+
+    def direction_coefficients(self, omega: Tensor, w: Tensor, latent: Tensor | None = None) -> Tensor:
+        """H [M, 4] of viewing directions omega [M, 2] (x, y of the unit ray in the canonical frame),
+        with w [M, w_dim], or w [L, w_dim] and latent [M] naming each direction's latent."""
+        m = omega.shape[0]
+        if latent is None:
+            _require(w.shape[0] == m, f"w must be [M, {self.w_dim}] = [{m}, {self.w_dim}] without an index, "
+                                      f"got {tuple(w.shape)}")
+            latent = torch.arange(m, device=omega.device)
+        _require(omega.shape == (m, 2) and latent.shape == (m,),
+                 f"direction_coefficients expects omega [M, 2] and latent [M], got {tuple(omega.shape)}, "
+                 f"{tuple(latent.shape)}")
+        return self.mlp_h(direction_encoding(omega, self.dir_freqs, self.dir_scale), w, latent)
 
     def delta(self, uv: Tensor, d: Tensor, omega: Tensor, w: Tensor, index: Tensor | None = None) -> Tensor:
         """The view-dependent colour offset K @ H [N, 3] (each entry in [-4, 4])."""
@@ -198,59 +263,58 @@ class SampledPairs(NamedTuple):
 
 
 def sample_pairs(weights: Tensor, fraction: float, threshold: float = 0.0,
-                 generator: torch.Generator | None = None) -> SampledPairs:
+                 generator: torch.Generator | None = None, images: Tensor | None = None) -> SampledPairs:
     """alpha-guided pixel sampling on compositing weights [B, P, 1, H, W].
 
-    Per image, among the (plane, pixel) pairs with weight > ``threshold``, choose
-    ``round(fraction * count)`` uniformly without replacement (random keys, the smallest win).
-    Deterministic for a given ``generator`` (its device may differ from the weights'). Pairs are
-    ordered by image; within an image the order is random. No gradient flows through the choice.
+    Every (plane, pixel) pair with weight > ``threshold`` is kept independently with probability
+    ``fraction`` (so the kept share is ``fraction`` up to binomial sampling error; 1 keeps all of
+    them and draws nothing). ``images`` (bool [B]) restricts the choice to those images.
+    Deterministic for a given ``generator`` (its device may differ from the weights'). Pairs come
+    ordered by (image, plane, row, column). No gradient flows through the choice.
     """
     _require(weights.ndim == 5 and weights.shape[2] == 1, f"weights must be [B, P, 1, H, W], got {tuple(weights.shape)}")
     _require(0.0 <= fraction <= 1.0, f"fraction must be in [0, 1], got {fraction}")
-    b, p, _, h, w = weights.shape
-    device = weights.device
-    flat = weights.detach().reshape(b, p * h * w)
-    valid = flat > threshold
-    count = torch.round(valid.sum(dim=1).double() * float(fraction)).long()  # [B]
-    if fraction == 0.0 or flat.shape[1] == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return SampledPairs(empty, empty, empty, empty)
-    key_device = generator.device if generator is not None else device
-    keys = torch.rand(flat.shape, generator=generator, device=key_device).to(device)
-    keys = keys.masked_fill(~valid, 2.0)  # invalid pairs sort after every valid one (keys < 1)
-    order = torch.argsort(keys, dim=1, stable=True)
-    take = torch.arange(flat.shape[1], device=device)[None, :] < count[:, None]
-    bi, rank = take.nonzero(as_tuple=True)
-    idx = order[bi, rank]
-    return SampledPairs(bi, idx // (h * w), (idx % (h * w)) // w, idx % w)
+    keep = weights.detach()[:, :, 0] > threshold  # [B, P, H, W]
+    if images is not None:
+        _require(images.shape == (weights.shape[0],) and images.dtype == torch.bool,
+                 f"images must be bool [{weights.shape[0]}], got {images.dtype} {tuple(images.shape)}")
+        keep &= images.to(keep.device)[:, None, None, None]
+    if fraction == 0.0:
+        keep = torch.zeros_like(keep)
+    elif fraction < 1.0:
+        key_device = generator.device if generator is not None else weights.device
+        draw = torch.rand(keep.shape, generator=generator, device=key_device).to(weights.device)
+        keep &= draw < fraction
+    return SampledPairs(*keep.nonzero(as_tuple=True))
 
 
-def canonical_view_directions(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt_K: Tensor,
-                              batch: Tensor, y: Tensor, x: Tensor) -> Tensor:
-    """Unit ray directions [N, 3] of target pixels (x, y) (integer indices, centres at +0.5) of
-    target cameras ``batch``, expressed in the source (canonical) camera's OpenCV frame.
-    Camera and intrinsic batches of size 1 broadcast."""
+def canonical_pixel_directions(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt_K: Tensor,
+                               out_hw: tuple[int, int]) -> Tensor:
+    """Unit ray directions [B, H, W, 3] through the target cameras' pixel centres, expressed in
+    the source (canonical) camera's OpenCV frame. Camera and intrinsic batches of size 1 broadcast.
+
+    A ray has one direction for all the planes it crosses, so this is everything the direction
+    MLP needs from the geometry."""
     rel = relative_pose(src_cam2world, tgt_cam2world)  # target -> source coordinates
     k_inv = torch.linalg.inv(torch.as_tensor(tgt_K).to(rel).reshape(-1, 3, 3))
     n = max(rel.shape[0], k_inv.shape[0])
-    rot = rel[:, :3, :3].expand(n, 3, 3)[batch]
-    k_inv = k_inv.expand(n, 3, 3)[batch]
-    pix = torch.stack([x.to(rel) + 0.5, y.to(rel) + 0.5, torch.ones_like(x, dtype=rel.dtype)], dim=-1)
-    dirs = torch.einsum("nij,njk,nk->ni", rot, k_inv, pix)
-    return torch.nn.functional.normalize(dirs, dim=-1)
+    to_canonical = rel[:, :3, :3].expand(n, 3, 3) @ k_inv.expand(n, 3, 3)
+    dirs = torch.einsum("bij,hwj->bhwi", to_canonical, pixel_centres(out_hw, rel))
+    return dirs * torch.rsqrt(dirs.square().sum(-1, keepdim=True))  # |dirs| >= 1 (third component 1)
 
 
 # --------------------------------------------------------------------------------------------
 # Generator
 # --------------------------------------------------------------------------------------------
 
+INFERENCE_VDR_MODES = ("all", "sampled", "off")
+
+
 @dataclass(frozen=True)
 class GMNRConfig(GMPIConfig):
     """GMPI's config plus the alpha-VdR settings (published defaults)."""
     vdr_enabled: bool = True
     vdr_fraction: float = 0.6            # share of the above-threshold (plane, pixel) pairs that get VdR
-    vdr_fraction_eval: float | None = None  # in eval mode (None: vdr_fraction)
     vdr_threshold: float = 0.0           # pairs need compositing weight > this ("non-zero")
     vdr_pos_freqs: int = 10
     vdr_depth_freqs: int = 8
@@ -264,86 +328,107 @@ class GMNRConfig(GMPIConfig):
 
     def __post_init__(self):
         _require(0.0 <= self.vdr_fraction <= 1.0, f"vdr_fraction must be in [0, 1], got {self.vdr_fraction}")
-        _require(self.vdr_fraction_eval is None or 0.0 <= self.vdr_fraction_eval <= 1.0,
-                 f"vdr_fraction_eval must be None or in [0, 1], got {self.vdr_fraction_eval}")
         _require(self.vdr_threshold >= 0.0, f"vdr_threshold must be >= 0, got {self.vdr_threshold}")
 
 
 class GMNRGenerator(GMPIGenerator):
-    """GMPI generator + alpha-VdR. ``render`` returns GMPI's dict plus ``n_sampled`` [B * V]."""
+    """GMPI generator + alpha-VdR. ``render`` returns GMPI's dict plus ``n_sampled`` [B * V].
 
-    def __init__(self, cfg: GMNRConfig):
+    ``inference_vdr`` (not part of the trained config: an inference choice) picks the pairs in
+    ``eval()`` mode: ``all`` eligible pairs (default), ``sampled`` (the training-time random
+    share) or ``off``. Training always samples."""
+
+    def __init__(self, cfg: GMNRConfig, inference_vdr: str = "all"):
         super().__init__(cfg)
         self.vdr = AlphaVdR(cfg.w_dim, cfg.vdr_pos_freqs, cfg.vdr_depth_freqs, cfg.vdr_dir_freqs,
                             cfg.vdr_k_hidden, cfg.vdr_k_layers, cfg.vdr_h_hidden, cfg.vdr_h_layers)
         if cfg.vdr_zero_init:
             self.vdr.zero_output_()
+        self.set_inference_vdr(inference_vdr)
+
+    def set_inference_vdr(self, mode: str) -> "GMNRGenerator":
+        _require(mode in INFERENCE_VDR_MODES, f"inference VdR mode must be one of {INFERENCE_VDR_MODES}, got {mode!r}")
+        self.inference_vdr = mode
+        return self
 
     def vdr_fraction(self) -> float:
         cfg = self.cfg
         if not cfg.vdr_enabled:
             return 0.0
-        if not self.training and cfg.vdr_fraction_eval is not None:
-            return float(cfg.vdr_fraction_eval)
-        return float(cfg.vdr_fraction)
+        if self.training or self.inference_vdr == "sampled":
+            return float(cfg.vdr_fraction)
+        return 1.0 if self.inference_vdr == "all" else 0.0
 
-    # Pairs per MLP call when no gradient is recorded: bounds the hidden activations of MLP_K
-    # (784 wide at the published size) to ~200 MB however many pairs a 1024 px frame has.
+    # Pairs (and pixels) per MLP call when no gradient is recorded: bounds the hidden activations
+    # of MLP_K (784 wide at the published size) to ~200 MB however many pairs a 1024 px frame has.
     INFERENCE_CHUNK = 1 << 16
 
-    def _vdr_delta(self, uv: Tensor, d01: Tensor, omega: Tensor, w: Tensor, index: Tensor) -> Tensor:
-        n = uv.shape[0]
+    def _chunked(self, fn, n: int, *per_item: Tensor) -> Tensor:
+        """``fn(*per_item)`` over the first dimension, in chunks when no gradient is recorded."""
         if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
-            return self.vdr.delta(uv, d01, omega, w, index=index)
-        return torch.cat([self.vdr.delta(uv[s:s + self.INFERENCE_CHUNK], d01[s:s + self.INFERENCE_CHUNK],
-                                         omega[s:s + self.INFERENCE_CHUNK], w, index=index[s:s + self.INFERENCE_CHUNK])
-                          for s in range(0, n, self.INFERENCE_CHUNK)])
+            return fn(*per_item)
+        step = self.INFERENCE_CHUNK
+        return torch.cat([fn(*(t[s:s + step] for t in per_item)) for s in range(0, n, step)])
 
     def render(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, n_planes: int | None = None,
-               noise_mode: str = "const", generator: torch.Generator | None = None) -> dict[str, Tensor]:
+               noise_mode: str = "const", generator: torch.Generator | None = None,
+               vdr_views: Tensor | None = None) -> dict[str, Tensor]:
         """As :meth:`GMPIGenerator.render`, with view-dependent colour at the sampled pairs.
 
-        ``generator`` drives the pair sampling. The VdR latent is ``ws[:, -1]`` (the style the last
-        ToRGB reads; all rows are equal without style mixing). With VdR off (switch or fraction 0)
-        this is GMPI's render, bit for bit.
+        ``generator`` drives the pair sampling; ``vdr_views`` (bool [B * V]) limits the
+        view-dependent colour to those views (the others are GMPI's render of the same MPI). The VdR
+        latent is ``ws[:, -1]`` (the style the last ToRGB reads; all rows are equal without style
+        mixing). With VdR off (switch, fraction 0 or ``inference_vdr='off'`` in eval mode) this is
+        GMPI's render, bit for bit.
         """
         fraction = self.vdr_fraction()
-        if fraction == 0.0:
-            out = super().render(ws, cam2world, intrinsics, n_planes, noise_mode)
-            out["n_sampled"] = torch.zeros(out["image"].shape[0], dtype=torch.long, device=out["image"].device)
-            return out
-
         out = super().render(ws, cam2world, intrinsics, noise_mode=noise_mode, n_planes=n_planes,
-                             return_planes=True)
-        grid, rgb_t, weights, image = out.pop("grid"), out.pop("rgb_planes"), out["weights"], out["image"]
-        src, k_tgt, depths = out["src_cam2world"], out["k_tgt"], out["plane_depths"]
-        batch, res = image.shape[0], image.shape[-1]
-        w_vdr = ws[:, -1].repeat_interleave(batch // ws.shape[0], 0)
-
-        # -- alpha-VdR on the sampled pairs only ----------------------------------------------------
-        pairs = sample_pairs(weights, fraction, self.cfg.vdr_threshold, generator)
-        bi, pi, yi, xi = pairs
-        if bi.numel() > 0:
-            near, far = self.cfg.depth_range
-            uv = grid[bi, pi, yi, xi].clamp(-1.0, 1.0)                       # plane texture coords [N, 2]
-            d01 = ((depths - near) / (far - near)).to(uv)[pi]                # [N]
-            omega = canonical_view_directions(src, cam2world, k_tgt, bi, yi, xi)[:, :2].to(uv)
-            delta = self._vdr_delta(uv, d01, omega, w_vdr, bi)                # [N, 3]
-            c01 = (rgb_t[bi, pi, :, yi, xi] + 1.0) / 2.0                      # [N, 3] in [0, 1] units
-            shifted = c01 + delta.to(c01)
-            if self.cfg.vdr_strict_clip:
-                new = shifted.clamp(0.0, 1.0)
-            else:  # clip the offset's effect to [0, 1] without moving a base colour already outside it
-                new = torch.clamp(shifted, torch.minimum(c01, torch.zeros_like(c01)),
-                                  torch.maximum(c01, torch.ones_like(c01)))
-            # compositing [-1, 1] colours 2c' - 1 instead of 2c - 1 adds 2 w (c' - c) per pair
-            contrib = 2.0 * weights[bi, pi, 0, yi, xi][:, None] * (new - c01)
-            correction = image.new_zeros(batch, res, res, 3).index_put((bi, yi, xi), contrib.to(image),
-                                                                        accumulate=True)
-            image = image + correction.permute(0, 3, 1, 2)
-        out["image"] = image
-        out["n_sampled"] = torch.bincount(bi, minlength=batch)
+                             return_planes=fraction > 0.0)
+        views = out["image"].shape[0]
+        if fraction == 0.0:
+            out["n_sampled"] = torch.zeros(views, dtype=torch.long, device=out["image"].device)
+            return out
+        grid, rgb_t = out.pop("grid"), out.pop("rgb_planes")
+        pairs = sample_pairs(out["weights"], fraction, self.cfg.vdr_threshold, generator, vdr_views)
+        if pairs.batch.numel() > 0:
+            out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, ws[:, -1], cam2world)
+        out["n_sampled"] = torch.bincount(pairs.batch, minlength=views)
         return out
+
+    def _vdr_correction(self, pairs: SampledPairs, grid: Tensor, rgb_t: Tensor, out: dict[str, Tensor],
+                        w: Tensor, cam2world: Tensor) -> Tensor:
+        """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour."""
+        bi, pi, yi, xi = pairs
+        weights, image, depths = out["weights"], out["image"], out["plane_depths"]
+        views, res = image.shape[0], image.shape[-1]
+        per_latent = views // w.shape[0]
+        near, far = self.cfg.depth_range
+        # H once per target pixel (a ray's direction is the same on every plane), gathered per pair
+        omega = canonical_pixel_directions(out["src_cam2world"], cam2world, out["k_tgt"], (res, res))
+        omega = omega[..., :2].reshape(-1, 2).to(grid.dtype)
+        pixel_latent = torch.arange(views, device=grid.device).repeat_interleave(res * res) // per_latent
+        h_pixels = self._chunked(lambda o, l: self.vdr.direction_coefficients(o, w, l), omega.shape[0],
+                                 omega, pixel_latent)                                           # [B*V*R*R, 4]
+        pixel = (bi * res + yi) * res + xi
+        # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
+        uv = gather_pairs(grid.permute(0, 1, 4, 2, 3), pairs).clamp(-1.0, 1.0)                 # [N, 2]
+        depth01 = ((depths - near) / (far - near)).to(uv)                                       # [P]
+
+        def pair_delta(uv_, plane_, latent_, pixel_):
+            k = self.vdr.position_coefficients(uv_, depth01, plane_, w, latent_)               # [N, 3, 4]
+            return (k * gather_rows(h_pixels, pixel_).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
+        delta = self._chunked(pair_delta, uv.shape[0], uv, pi, bi // per_latent, pixel)
+        c01 = (gather_pairs(rgb_t, pairs) + 1.0) / 2.0                                          # [N, 3] in [0, 1] units
+        shifted = c01 + delta.to(c01)
+        if self.cfg.vdr_strict_clip:
+            new = shifted.clamp(0.0, 1.0)
+        else:  # clip the offset's effect to [0, 1] without moving a base colour already outside it
+            new = torch.clamp(shifted, torch.minimum(c01, torch.zeros_like(c01)),
+                              torch.maximum(c01, torch.ones_like(c01)))
+        # compositing [-1, 1] colours 2c' - 1 instead of 2c - 1 adds 2 w (c' - c) per pair
+        contrib = 2.0 * gather_pairs(weights, pairs) * (new - c01)
+        correction = image.new_zeros(views * res * res, 3).index_add(0, pixel, contrib.to(image))
+        return correction.view(views, res, res, 3).permute(0, 3, 1, 2)
 
     def forward(self, z: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, truncation_psi: float = 1.0,
                 n_planes: int | None = None, noise_mode: str = "const", generator: torch.Generator | None = None

@@ -159,7 +159,7 @@ def plane_homographies(src_cam2world: Tensor, src_K: Tensor, tgt_cam2world: Tens
     return k_s[:, None] @ plane @ torch.linalg.inv(k_t)[:, None]
 
 
-def _pixel_centres(out_hw: tuple[int, int], like: Tensor) -> Tensor:
+def pixel_centres(out_hw: tuple[int, int], like: Tensor) -> Tensor:
     """Homogeneous pixel centres [H, W, 3] = (u, v, 1) with u = x + 0.5, v = y + 0.5."""
     h, w = out_hw
     ys = torch.arange(h, dtype=like.dtype, device=like.device) + 0.5
@@ -189,7 +189,7 @@ def plane_depth_in_target(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt_K: T
     d = _as_depths(depths, rel)
     batch = _batch_size(rel.shape[0], k_t.shape[0], d.shape[0])
     row = rel[:, 2, :3, None].mT @ torch.linalg.inv(k_t)  # [B, 1, 3]: r3^T K_t^-1
-    cos_term = torch.einsum("bj,hwj->bhw", row[:, 0], _pixel_centres(out_hw, rel))  # r3^T K_t^-1 x
+    cos_term = torch.einsum("bj,hwj->bhw", row[:, 0], pixel_centres(out_hw, rel))  # r3^T K_t^-1 x
     delta = d - rel[:, 2:3, 3]  # [B, P]
     eps = torch.finfo(delta.dtype).eps
     delta = torch.where(delta.abs() < eps, torch.full_like(delta, eps), delta)
@@ -213,7 +213,7 @@ def _plane_grid(homographies: Tensor, src_hw: tuple[int, int], out_hw: tuple[int
     yields 0; coordinates are clamped to a band just outside the texture so grazing rays never
     produce inf/nan values or gradients.
     """
-    q = torch.einsum("bpij,hwj->bphwi", homographies, _pixel_centres(out_hw, homographies))
+    q = torch.einsum("bpij,hwj->bphwi", homographies, pixel_centres(out_hw, homographies))
     w = q[..., 2:]
     valid = w > MIN_INV_DEPTH_RATIO
     uv = q[..., :2] / torch.where(valid, w, torch.ones_like(w))

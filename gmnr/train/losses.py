@@ -35,7 +35,11 @@ class PosePrior:
 class ViewConsistency:
     """GMNR's view-consistency loss: render a second view of the same latent, warp it into the
     main view with the main view's depth and both cameras' real intrinsics and extrinsics, and
-    penalise ``0.85 (1 - SSIM)/2 + 0.15 L1`` where the warp lands inside the second view."""
+    penalise ``0.85 (1 - SSIM)/2 + 0.15 L1`` where the warp lands inside the second view.
+
+    As in the published code the second view is the MPI's plain (GMPI) render, without
+    view-dependent colour: the main view's alpha-VdR colour is compared against the
+    view-independent colour of the same surface seen from elsewhere."""
 
     def __init__(self, weight: float, policy: str, prior: PosePrior):
         if policy not in ("mirrored", "prior"):
@@ -88,12 +92,14 @@ class GMPILoss:
             f"generator_loss needs {v} views per latent, got cam2world {tuple(cam2world.shape)}"
         consistency = self.consistency if self.consistency is not None and self.consistency.weight > 0 else None
         cams = cam2world.reshape(b, v, 4, 4)
+        extra = {}
         if consistency is not None:  # the second view of each latent's first view joins the same render
             second_cams = consistency.second_cameras(cams[:, 0])
             cams = torch.cat([cams, second_cams[:, None]], dim=1)
+            extra["vdr_views"] = (torch.arange(v + 1, device=z.device) < v).repeat(b)  # not on the second view
         with self.autocast():
             ws = self.G.mapping(z, None)
-            out = self.G.render(ws, cams.reshape(-1, 4, 4), noise_mode=self.noise_mode)
+            out = self.G.render(ws, cams.reshape(-1, 4, 4), noise_mode=self.noise_mode, **extra)
         images = out["image"].reshape(b, cams.shape[1], *out["image"].shape[1:])
         logits = self._score(images[:, :v].reshape(b * v, *images.shape[2:]), cam2world).reshape(b, v)
         worst = logits.min(dim=1).values
