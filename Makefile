@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast clean-demo chromium
+.PHONY: setup demo test test-fast clean-demo chromium demo-weights
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,16 @@ chromium:
 	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	{ echo "make: could not install chromium with apt-get; install it yourself or set GMNR_CHROMIUM" >&2; exit 1; }; \
 	command -v chromium >/dev/null 2>&1 || { echo "make: apt-get ran but there is no chromium on PATH" >&2; exit 1; }
+
+# The demo's pretrained 2D backbone, weights/demo64-stylegan2.pt (registry entry demo64, which the demo's
+# gmpi.pretrained names): StyleGAN2 trained on the demo set for 6,000 steps (about 25 minutes on 2 cores),
+# exported in float16. After a rerun, put the printed sha256 and size into gmnr/data/registry.py.
+DEMO_BACKBONE := -S model=stylegan2 -S gmpi.pretrained=null -S train.steps=6000 -S train.r1_gamma=0.1 \
+	-S 'train.betas=[0.0,0.99]' -S train.checkpoint_every=500 -S train.sample_every=500
+demo-weights: $(STAMP)
+	$(BIN)/snakemake --cores all pack
+	$(BIN)/gmnr train $(DEMO_BACKBONE)
+	$(BIN)/gmnr export-weights $(DEMO_BACKBONE) --output weights/demo64-stylegan2.pt
 
 clean-demo:
 	rm -rf data/raw/demo data/interim/demo data/processed/demo reports/demo logs/demo .snakemake

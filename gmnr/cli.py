@@ -73,9 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--input", type=Path, help="packed training set for FID/KID (default: <paths.processed>/<dataset>)")
     p.add_argument("--output", type=Path,
-                   help="default: <paths.runs>/<dataset>/<model>/metrics.json (metrics_init.json with --init)")
-    p.add_argument("--init", action="store_true",
-                   help="evaluate the checkpoint's architecture at its initial weights (the trainer's seed)")
+                   help="default: <paths.runs>/<dataset>/<model>/metrics.json (metrics_<baseline>.json for a baseline)")
+    baseline = p.add_mutually_exclusive_group()
+    baseline.add_argument("--init", dest="baseline", action="store_const", const="init",
+                          help="evaluate the checkpoint's architecture untrained (the trainer's seed)")
+    baseline.add_argument("--pretrained", dest="baseline", action="store_const", const="pretrained",
+                          help="evaluate the weights the run started from (gmpi.pretrained on that initialisation)")
+
+    p = sub.add_parser("export-weights", parents=[common],
+                       help="write a checkpoint's G_ema and D as a weights file that gmpi.pretrained can start from")
+    p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
 
     p = sub.add_parser("compare", parents=[common],
                        help="table and plots of the latest evaluation of each (dataset, model, ablation)")
@@ -115,10 +124,15 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         checkpoint, real = args.checkpoint or params.run_dir() / "final.pt", args.input or params.processed_dir()
         if not checkpoint.is_file():  # before anything else: every metric needs it, even the init baseline's config
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train first, or pass --checkpoint)")
-        if params.evaluate.with_init and not args.init:  # the baseline first: the table shows both
-            init_output = args.output.with_name(f"{args.output.stem}-init{args.output.suffix}") if args.output else None
-            evaluate(params, checkpoint, real, init_output, True, progress)
-        return evaluate(params, checkpoint, real, args.output, args.init, progress)
+        if params.evaluate.with_init and not args.baseline:  # the baselines first: the table shows them all
+            from gmnr.eval.evaluate import baselines_of
+            for baseline in baselines_of(checkpoint):
+                out = args.output.with_name(f"{args.output.stem}-{baseline}{args.output.suffix}") if args.output else None
+                evaluate(params, checkpoint, real, out, baseline, progress)
+        return evaluate(params, checkpoint, real, args.output, args.baseline, progress)
+    if args.command == "export-weights":
+        from gmnr.models.pretrained import export_weights
+        return export_weights(args.checkpoint or params.run_dir() / "final.pt", args.output, args.dtype)
     if args.command == "compare":
         from gmnr.eval.compare import run_compare
         return run_compare(params, args.output or Path(params.paths.results), args.backends)

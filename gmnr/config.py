@@ -18,7 +18,7 @@ DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
 DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2"]
-ModelName = Literal["gmpi", "gmnr", "mvcgan"]
+ModelName = Literal["gmpi", "gmnr", "mvcgan", "stylegan2"]  # stylegan2: the 2D backbone alone (pretraining)
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -102,7 +102,11 @@ PowerOfTwo = Annotated[int, AfterValidator(_power_of_two)]
 
 
 class GMPI(Strict):
-    """Generator sizes (published GMPI values); the discriminator shares channel_base/max."""
+    """Generator sizes (published GMPI values); the discriminator shares channel_base/max. GMNR and
+    the plain 2D backbone (model stylegan2) use the same section."""
+    pretrained: str | None = Field(
+        None, description="StyleGAN2 weights the backbone (G and D) starts from: a registry name "
+                          "(gmnr/data/registry.py WEIGHTS), an NVlabs .pkl or a gmnr .pt; null = from scratch")
     z_dim: PositiveInt = 512
     w_dim: PositiveInt = 512
     mapping_layers: PositiveInt = 8
@@ -208,7 +212,6 @@ class Train(Strict):
     r1_interval: PositiveInt = 16
     views_per_latent: PositiveInt = 4
     noise_mode: Literal["random", "const", "none"] = "random"
-    pretrained: str | None = Field(None, description="weights registry name or .pkl path; null = from scratch")
     amp: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True

@@ -145,6 +145,9 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
     device = init(params.train.device).device
     r = params.render
     G, trained, state = load_generator(checkpoint, device, r.vdr)
+    if trained.model == "stylegan2":
+        raise ValueError(f"{checkpoint}: a 2D StyleGAN2 (model stylegan2) has no viewpoint or depth to render "
+                         f"videos of; render a gmpi, gmnr or mvcgan checkpoint")
     cam = trained.camera()
     with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
         run.log_params({"render": r.model_dump()})

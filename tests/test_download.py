@@ -508,7 +508,8 @@ def test_registry_weights_point_at_nvlabs_cdn():
     assert get_weights("ffhq1024-pretrained").url == cdn + "ffhq.pkl"
     assert get_weights("metfaces").url == cdn + "metfaces.pkl"
     assert get_weights("afhqcat").url == cdn + "afhqcat.pkl"
-    assert all(w.dataset in DATASETS for w in WEIGHTS.values())
+    assert all(w.dataset in DATASETS for w in WEIGHTS.values() if w.bundled is None)
+    assert get_weights("demo64").dataset == "demo" and get_weights("demo64").bundled.startswith("weights/")
 
 
 def test_unknown_names_list_known_ones():

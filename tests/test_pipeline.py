@@ -54,8 +54,9 @@ def project(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("project"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["synth"]["count"] = 40
-    # A few steps of a tiny network: this test is about the pipeline, not about learning.
-    params["demo"]["gmpi"].update(channel_base=256, channel_max=32, planes_train=4, planes_eval=4)
+    # A few steps from the bundled demo backbone (gmpi.pretrained: demo64): this test is about the
+    # pipeline, not about learning.
+    params["demo"]["gmpi"].update(planes_train=4, planes_eval=4)
     params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
                                    grid_views=2)
     params["render"].update(seeds=2, frames=4)

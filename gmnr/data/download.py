@@ -372,9 +372,31 @@ def _download_remote(remote: RemoteFile, download_dir: Path, progress: bool,
 
 def download_weights(name: str | WeightsEntry, weights_dir: Path, progress: bool = True,
                      **download_options: Any) -> Path:
-    """Download a registered pretrained network pickle into ``weights_dir`` and return its path."""
+    """The file of registered pretrained weights: a bundled one verified in place, else the
+    download into ``weights_dir``. Returns its path."""
     entry = name if isinstance(name, WeightsEntry) else get_weights(name)
+    if entry.bundled is not None:
+        from gmnr.config import PROJECT_ROOT
+        path = PROJECT_ROOT / entry.bundled
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the weights '{entry.name}' ship with the project but the file is "
+                                    f"missing (restore it with `git checkout -- {entry.bundled}`)")
+        problem = _integrity_problem(path, entry.file.size_bytes, parse_checksum(entry.file.checksum))
+        if problem is not None:
+            raise ChecksumError(path, *problem)
+        return path
     return download_remote(entry.file, Path(weights_dir), progress, **download_options)
+
+
+def resolve_weights(source: str, weights_dir: Path, progress: bool = True) -> Path:
+    """``source`` as a file: a registry name (gmnr/data/registry.py WEIGHTS) or a path to a
+    ``.pkl`` / ``.pt`` file."""
+    path = Path(source).expanduser()
+    if path.suffix in (".pkl", ".pt"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: pretrained weights file not found")
+        return path
+    return download_weights(source, weights_dir, progress)
 
 
 # --------------------------------------------------------------------------------------------

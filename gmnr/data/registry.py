@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 CAMERA_FAMILIES = ("ffhq", "metfaces", "afhq")
 _CHECKSUM_RE = re.compile(r"^(md5|sha1|sha256):([0-9a-f]+)$")
@@ -133,7 +134,9 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class WeightsEntry:
-    """A pretrained network pickle (NVlabs stylegan2-ada-pytorch format) that training starts from."""
+    """Pretrained StyleGAN2 weights that GMPI / GMNR training starts from: an NVlabs
+    stylegan2-ada-pytorch pickle to download, or a gmnr weights file ``bundled`` with the project
+    (a path relative to the project root; it needs an exact size and checksum)."""
 
     name: str
     description: str
@@ -142,14 +145,20 @@ class WeightsEntry:
     dataset: str
     licence: str
     notes: str = ""
+    bundled: str | None = None
 
     @property
     def url(self) -> str:
         return self.file.urls[0]
 
     def __post_init__(self) -> None:
-        if not self.file.urls:
-            raise ValueError(f"weights {self.name!r}: needs a download URL")
+        if self.bundled is None and not self.file.urls:
+            raise ValueError(f"weights {self.name!r}: needs a download URL or a bundled file")
+        if self.bundled is not None and (self.file.checksum is None or self.file.size_bytes is None
+                                         or PurePosixPath(self.bundled).name != self.file.filename
+                                         or PurePosixPath(self.bundled).is_absolute() or ".." in self.bundled):
+            raise ValueError(f"weights {self.name!r}: a bundled file needs a relative path inside the project "
+                             f"ending in {self.file.filename!r}, an exact size and a checksum")
         if self.resolution <= 0:
             raise ValueError(f"weights {self.name!r}: resolution must be positive")
 
@@ -381,6 +390,18 @@ WEIGHTS: dict[str, WeightsEntry] = {w.name: w for w in (
         file=_pkl("afhqcat.pkl"),
         resolution=512, dataset="afhqcat", licence=_WEIGHTS_LICENCE,
         notes="GMPI/GMNR AFHQCat starting point."),
+    WeightsEntry(
+        name="demo64",
+        description=("2D StyleGAN2 (model stylegan2) trained on the procedural demo set: the demo's GMPI / GMNR "
+                     "backbone at 64 px (w 128, 2 mapping layers, channel_base 2048, channel_max 64), G_ema and D "
+                     "in float16"),
+        file=RemoteFile(filename="demo64-stylegan2.pt", size_bytes=1661095,
+                        checksum="sha256:207a70aa121abd81072e07d3729a8072d7cf08898cbfe7fd145952661bd3fe6c"),
+        bundled="weights/demo64-stylegan2.pt",
+        resolution=64, dataset="demo", licence="this project's (trained on its own procedural data)",
+        notes=("Made by `make demo-weights`: 6,000 steps of batch 8 (about 25 minutes on 2 CPU cores), R1 gamma "
+               "0.1, Adam betas (0, 0.99), then `gmnr export-weights`; FID 147.9 / KID 0.159 on the demo set "
+               "(160 images, `gmnr evaluate -S model=stylegan2`).")),
 )}
 
 

@@ -1,10 +1,11 @@
-"""`gmnr evaluate`: every metric of GMPI's protocol for one checkpoint (or the same architecture at
-initialisation), written to ``metrics.json`` and logged as one MLflow run of the stage ``evaluate``.
+"""`gmnr evaluate`: every metric of GMPI's protocol for one checkpoint, or for one of its baselines
+(the architecture untrained, ``--init``; the weights a pretrained run started from,
+``--pretrained``), written to ``metrics.json`` and logged as one MLflow run of the stage ``evaluate``.
 
 Reads: the checkpoint (default ``<runs>/<dataset>/<model>/final.pt``) and the packed training set
-(default ``<processed>/<dataset>``). Writes: ``<runs>/<dataset>/<model>/metrics.json`` (with
-``--init``: ``metrics_init.json``) and a cache of the training set's Inception features under
-``<runs>/<dataset>/.cache/`` (keyed by the extractor file and the images' bytes).
+(default ``<processed>/<dataset>``). Writes: ``<runs>/<dataset>/<model>/metrics.json``
+(``metrics_<baseline>.json`` for a baseline) and a cache of the training set's Inception features
+under ``<runs>/<dataset>/.cache/`` (keyed by the extractor file and the images' bytes).
 
 metrics.json::
 
@@ -48,15 +49,25 @@ def _n_planes(params: Params) -> int | None:
     return params.gmpi.planes_eval if params.model in ("gmpi", "gmnr") else None
 
 
-def _load(params: Params, checkpoint: Path, init: bool, device):
-    """(G, the params it was built with, checkpoint state); ``init``: the training's initial weights."""
+BASELINES = ("init", "pretrained")  # the untrained architecture; the weights a pretrained run started from
+
+
+def _load(params: Params, checkpoint: Path, baseline: str | None, device):
+    """(G, the params it was built with, checkpoint state, a description of the weights).
+
+    ``baseline`` None: the checkpoint's EMA generator. ``"init"``: its architecture at the
+    trainer's seeded initialisation, untrained. ``"pretrained"``: the weights the run started
+    from, that initialisation with ``gmpi.pretrained`` loaded on top (as Trainer.init_pretrained)."""
     import torch
 
     from gmnr.models.factory import build_generator, load_generator, set_inference_vdr
-    if not init:
+    if baseline not in (None, *BASELINES):
+        raise ValueError(f"baseline must be one of {BASELINES} or None, got {baseline!r}")
+    if baseline is None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint (train first, or pass --checkpoint / --init)")
-        return load_generator(checkpoint, device, params.evaluate.vdr)
+        G, trained, state = load_generator(checkpoint, device, params.evaluate.vdr)
+        return G, trained, state, f"{checkpoint} (step {state.get('step')})"
     trained, state = params, {}
     if Path(checkpoint).is_file():  # the architecture the checkpoint was trained with
         from gmnr.config import validate
@@ -65,12 +76,38 @@ def _load(params: Params, checkpoint: Path, init: bool, device):
         trained = validate(state["config"], source=f"{checkpoint} config")
         state = {"mlflow_run_id": state.get("mlflow_run_id", ""), "step": 0}
     torch.manual_seed(trained.seed)  # as the trainer does right before building G
-    G = set_inference_vdr(build_generator(trained).to(device), params.evaluate.vdr)
-    return G.eval().requires_grad_(False), trained, state
+    G = build_generator(trained)
+    weights = f"untrained (seed {trained.seed})"
+    if baseline == "pretrained":
+        if not has_pretrained_start(trained):
+            raise ValueError(f"{checkpoint}: this {trained.model} run did not start from pretrained weights "
+                             f"(gmpi.pretrained is null): there is no 'pretrained' baseline")
+        from gmnr.data.download import resolve_weights
+        from gmnr.models.pretrained import init_from_pretrained
+        init_from_pretrained(G, None, resolve_weights(trained.gmpi.pretrained,
+                                                      Path(trained.paths.downloads) / "weights"))
+        weights = f"{weights} + pretrained {trained.gmpi.pretrained}"
+    G = set_inference_vdr(G.to(device), params.evaluate.vdr)
+    return G.eval().requires_grad_(False), trained, state, weights
 
 
-def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | None = None, init: bool = False,
-             progress: bool = True) -> dict:
+def baselines_of(checkpoint: Path) -> list[str]:
+    """The baselines a checkpoint's evaluation reports beside it: always the untrained ``init``,
+    and ``pretrained`` when its run started from pretrained weights."""
+    from gmnr.config import validate
+    from gmnr.train.checkpoint import load_checkpoint
+    trained = validate(load_checkpoint(Path(checkpoint))["config"], source=f"{checkpoint} config")
+    return ["init", "pretrained"] if has_pretrained_start(trained) else ["init"]
+
+
+def has_pretrained_start(params: Params) -> bool:
+    """Whether a training run with these params starts from ``gmpi.pretrained`` (MVCGAN never does)."""
+    return bool(params.gmpi.pretrained) and params.model != "mvcgan"
+
+
+def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | None = None,
+             baseline: str | None = None, progress: bool = True) -> dict:
+    """Every metric for the checkpoint (``baseline`` None) or one of its :data:`BASELINES`."""
     import torch
 
     from gmnr.eval.metrics import EvalContext
@@ -87,18 +124,18 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     if e.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("evaluate.device is 'cuda' but no CUDA device is available")
     device = torch.device("cuda" if e.device != "cpu" and torch.cuda.is_available() else "cpu")
-    G, trained, state = _load(params, checkpoint, init, device)
+    G, trained, state, weights = _load(params, checkpoint, baseline, device)
     trained = trained.model_copy(update={"evaluate": e})  # evaluation settings: today's params
     run_dir = Path(params.paths.runs) / trained.dataset / trained.model
-    output = output or run_dir / ("metrics_init.json" if init else "metrics.json")
+    output = output or run_dir / (f"metrics_{baseline}.json" if baseline else "metrics.json")
     cam = trained.camera()
     ctx = EvalContext(resolution=trained.training_resolution(), fov_deg=cam.fov_deg, radius=cam.radius,
                       center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,
                       truncation=cam.truncation, n_planes=_n_planes(trained), device=device, seed=params.seed,
                       batch_size=e.batch_size)
     ablation = ablation_tag(trained, e.vdr)
-    if init:
-        ablation = "init" if ablation == "default" else f"{ablation},init"
+    if baseline:
+        ablation = baseline if ablation == "default" else f"{ablation},{baseline}"
     geometry = GeometryRenders(e.geometry_images, e.detect_size, e.min_face_confidence)
     cache = Path(params.paths.runs) / trained.dataset / ".cache" if e.cache_real_features else None
     metrics_objects = [
@@ -109,10 +146,14 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
         PoseAccuracy(geometry),
         DepthConsistency(geometry),
     ]
-    step = int(state.get("step", 0)) if not init else 0
+    if trained.model == "stylegan2":  # a 2D generator has no viewpoint and no depth: FID, KID and speed only
+        metrics_objects = metrics_objects[:2]
+    step = int(state.get("step", 0)) if not baseline else 0
     tags = {"train_run_id": state.get("mlflow_run_id") or "", "dataset": trained.dataset, "model": trained.model,
-            "ablation": ablation, "checkpoint_step": str(step), "checkpoint": "init" if init else str(checkpoint)}
-    sections = ("evaluate", "gmpi", "gmnr") if trained.model == "gmnr" else ("evaluate", trained.model)
+            "ablation": ablation, "checkpoint_step": str(step), "checkpoint": baseline or str(checkpoint),
+            "weights": weights[:250]}
+    from gmnr.train.loop import model_sections
+    sections = ("evaluate", *model_sections(trained.model))
     values: dict = {}
     backends: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -32,6 +32,10 @@ def _mvcgan_fields(params: Params) -> dict:
 
 
 def build_generator(params: Params) -> torch.nn.Module:
+    if params.model == "stylegan2":
+        from gmnr.models.backbone import StyleGAN2Backbone
+        from gmnr.models.gmpi import GMPIConfig
+        return StyleGAN2Backbone(GMPIConfig(**_gmpi_fields(params)))
     if params.model == "gmpi":
         from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
         return GMPIGenerator(GMPIConfig(**_gmpi_fields(params)))
@@ -56,7 +60,9 @@ def build_discriminator(params: Params) -> torch.nn.Module:
         return PoseDiscriminator(params.training_resolution(), m.d_channel_base, m.d_channel_max)
     from gmnr.models.stylegan2 import Discriminator
     g = params.gmpi
-    return Discriminator(c_dim=16, img_resolution=params.training_resolution(), channel_base=g.channel_base,
+    # GMPI and GMNR condition on the camera (flattened world-to-camera matrix); a 2D StyleGAN2 does not
+    c_dim = 0 if params.model == "stylegan2" else 16
+    return Discriminator(c_dim=c_dim, img_resolution=params.training_resolution(), channel_base=g.channel_base,
                          channel_max=g.channel_max, epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})
 
 

@@ -359,16 +359,15 @@ class GMNRGenerator(GMPIGenerator):
             return float(cfg.vdr_fraction)
         return 1.0 if self.inference_vdr == "all" else 0.0
 
-    # Pairs (and pixels) per MLP call when no gradient is recorded: bounds the hidden activations
-    # of MLP_K (784 wide at the published size) to ~200 MB however many pairs a 1024 px frame has.
+    # Pairs (and pixels) per chunk when no gradient is recorded: bounds the per-pair tensors and
+    # MLP_K's hidden activations (784 wide at the published size) to ~200 MB however many pairs a
+    # 1024 px frame has. With autograd everything runs in one pass.
     INFERENCE_CHUNK = 1 << 16
 
-    def _chunked(self, fn, n: int, *per_item: Tensor) -> Tensor:
-        """``fn(*per_item)`` over the first dimension, in chunks when no gradient is recorded."""
+    def _chunks(self, n: int) -> list[slice]:
         if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
-            return fn(*per_item)
-        step = self.INFERENCE_CHUNK
-        return torch.cat([fn(*(t[s:s + step] for t in per_item)) for s in range(0, n, step)])
+            return [slice(0, n)]
+        return [slice(s, s + self.INFERENCE_CHUNK) for s in range(0, n, self.INFERENCE_CHUNK)]
 
     def render(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, n_planes: int | None = None,
                noise_mode: str = "const", generator: torch.Generator | None = None,
@@ -398,36 +397,35 @@ class GMNRGenerator(GMPIGenerator):
     def _vdr_correction(self, pairs: SampledPairs, grid: Tensor, rgb_t: Tensor, out: dict[str, Tensor],
                         w: Tensor, cam2world: Tensor) -> Tensor:
         """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour."""
-        bi, pi, yi, xi = pairs
-        weights, image, depths = out["weights"], out["image"], out["plane_depths"]
+        image, depths = out["image"], out["plane_depths"]
         views, res = image.shape[0], image.shape[-1]
         per_latent = views // w.shape[0]
         near, far = self.cfg.depth_range
+        depth01 = ((depths - near) / (far - near)).to(grid)                                     # [P]
         # H once per target pixel (a ray's direction is the same on every plane), gathered per pair
         omega = canonical_pixel_directions(out["src_cam2world"], cam2world, out["k_tgt"], (res, res))
         omega = omega[..., :2].reshape(-1, 2).to(grid.dtype)
         pixel_latent = torch.arange(views, device=grid.device).repeat_interleave(res * res) // per_latent
-        h_pixels = self._chunked(lambda o, l: self.vdr.direction_coefficients(o, w, l), omega.shape[0],
-                                 omega, pixel_latent)                                           # [B*V*R*R, 4]
-        pixel = (bi * res + yi) * res + xi
-        # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
-        uv = gather_pairs(grid.permute(0, 1, 4, 2, 3), pairs).clamp(-1.0, 1.0)                 # [N, 2]
-        depth01 = ((depths - near) / (far - near)).to(uv)                                       # [P]
-
-        def pair_delta(uv_, plane_, latent_, pixel_):
-            k = self.vdr.position_coefficients(uv_, depth01, plane_, w, latent_)               # [N, 3, 4]
-            return (k * gather_rows(h_pixels, pixel_).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
-        delta = self._chunked(pair_delta, uv.shape[0], uv, pi, bi // per_latent, pixel)
-        c01 = (gather_pairs(rgb_t, pairs) + 1.0) / 2.0                                          # [N, 3] in [0, 1] units
-        shifted = c01 + delta.to(c01)
-        if self.cfg.vdr_strict_clip:
-            new = shifted.clamp(0.0, 1.0)
-        else:  # clip the offset's effect to [0, 1] without moving a base colour already outside it
-            new = torch.clamp(shifted, torch.minimum(c01, torch.zeros_like(c01)),
-                              torch.maximum(c01, torch.ones_like(c01)))
-        # compositing [-1, 1] colours 2c' - 1 instead of 2c - 1 adds 2 w (c' - c) per pair
-        contrib = 2.0 * gather_pairs(weights, pairs) * (new - c01)
-        correction = image.new_zeros(views * res * res, 3).index_add(0, pixel, contrib.to(image))
+        h_pixels = torch.cat([self.vdr.direction_coefficients(omega[c], w, pixel_latent[c])
+                              for c in self._chunks(omega.shape[0])])                           # [B*V*R*R, 4]
+        correction = image.new_zeros(views * res * res, 3)
+        for c in self._chunks(pairs.batch.numel()):
+            chunk = SampledPairs(*(t[c] for t in pairs))
+            pixel = (chunk.batch * res + chunk.y) * res + chunk.x
+            # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
+            uv = gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk).clamp(-1.0, 1.0)             # [N, 2]
+            k = self.vdr.position_coefficients(uv, depth01, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
+            delta = (k * gather_rows(h_pixels, pixel).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
+            c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1] units
+            shifted = c01 + delta.to(c01)
+            if self.cfg.vdr_strict_clip:
+                new = shifted.clamp(0.0, 1.0)
+            else:  # clip the offset's effect to [0, 1] without moving a base colour already outside it
+                new = torch.clamp(shifted, torch.minimum(c01, torch.zeros_like(c01)),
+                                  torch.maximum(c01, torch.ones_like(c01)))
+            # compositing [-1, 1] colours 2c' - 1 instead of 2c - 1 adds 2 w (c' - c) per pair
+            contrib = 2.0 * gather_pairs(out["weights"], chunk) * (new - c01)
+            correction.index_add_(0, pixel, contrib.to(image))
         return correction.view(views, res, res, 3).permute(0, 3, 1, 2)
 
     def forward(self, z: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, truncation_psi: float = 1.0,

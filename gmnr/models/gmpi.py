@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gmnr.models.stylegan2 import FullyConnectedLayer, MappingNetwork, SynthesisNetwork, setup_filter, upsample2d
+from gmnr.models.backbone import StyleGAN2Backbone
+from gmnr.models.stylegan2 import FullyConnectedLayer, setup_filter, upsample2d
 from gmnr.render.camera import intrinsics_from_fov, pose_to_cam2world
 from gmnr.render.mpi import plane_depths, render_mpi
 
@@ -68,13 +69,11 @@ class PlaneAlpha(nn.Module):
         return logits[:, :, None]                                                          # [B, P, 1, r, r]
 
 
-class GMPIGenerator(nn.Module):
+class GMPIGenerator(StyleGAN2Backbone):
+    """The StyleGAN2 backbone plus the alpha branch, rendered as an MPI."""
+
     def __init__(self, cfg: GMPIConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.resolution, 3, cfg.channel_base, cfg.channel_max)
-        self.mapping = MappingNetwork(cfg.z_dim, 0, cfg.w_dim, self.synthesis.num_ws, num_layers=cfg.mapping_layers)
-        self.z_dim, self.w_dim, self.num_ws = cfg.z_dim, cfg.w_dim, self.synthesis.num_ws
+        super().__init__(cfg)
         self.alpha_resolutions = [r for r in self.synthesis.block_resolutions if r <= min(cfg.alpha_max_res, cfg.resolution)]
         self.alpha_layers = nn.ModuleDict({str(r): PlaneAlpha(self.synthesis.channels_dict[r], cfg.w_dim)
                                            for r in self.alpha_resolutions})
@@ -143,10 +142,3 @@ class GMPIGenerator(nn.Module):
         image = out.pop("rgb")
         return {"image": image, **out, "alpha": alpha, "mpi_rgb": img, "plane_depths": depths,
                 "k_src": k_src, "k_tgt": k_tgt, "src_cam2world": src}
-
-    def forward(self, z: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
-                truncation_psi: float = 1.0, n_planes: int | None = None, noise_mode: str = "const"
-                ) -> dict[str, torch.Tensor]:
-        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B, {self.z_dim}], got {tuple(z.shape)}"
-        ws = self.mapping(z, None, truncation_psi=truncation_psi)
-        return self.render(ws, cam2world, intrinsics, n_planes, noise_mode)

@@ -33,7 +33,8 @@ from torch import nn
 
 __all__ = [
     "UnsafePickleError", "PersistentObject", "RestrictedUnpickler", "safe_load_pickle", "flatten_state",
-    "load_network_state", "LoadReport", "load_into", "init_generator_from_pkl",
+    "load_network_state", "LoadReport", "load_into", "init_generator_from_pkl", "pretrained_states",
+    "init_from_pretrained", "export_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -380,12 +381,12 @@ def _rename(key: str, prefix_map: Mapping[str, str] | None) -> str:
 
 
 def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None = None,
-              strict: bool = False) -> LoadReport:
+              strict: bool = False, dry_run: bool = False) -> LoadReport:
     """Copy `state` into `module`'s parameters and buffers where names and shapes agree.
 
     Keys of `state` are renamed with `prefix_map` first. Everything that does not match is listed
     in the returned report and logged as a warning; with `strict=True` any mismatch raises
-    instead (after nothing has been copied).
+    instead (after nothing has been copied). `dry_run` only builds the report.
     """
     targets = module.state_dict(keep_vars=True)
     report = LoadReport()
@@ -407,6 +408,8 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], prefix_map: 
 
     if strict and not report.ok:
         raise ValueError(f"checkpoint does not match {type(module).__name__}: {report.summary()}")
+    if dry_run:
+        return report
     with torch.no_grad():
         for target, tensor in pending:
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
@@ -423,3 +426,92 @@ def init_generator_from_pkl(generator: nn.Module, pkl_path: str | os.PathLike, k
     `key` network of an NVlabs `.pkl`, returning the load report."""
     return load_into(generator, load_network_state(pkl_path, key=key), prefix_map=prefix_map, strict=strict)
 
+
+
+def pretrained_states(path: str | os.PathLike) -> dict[str, "Mapping[str, torch.Tensor]"]:
+    """The generator ("G_ema") and discriminator ("D", when present) weights of a pretrained file:
+    an NVlabs ``.pkl`` (restricted unpickler) or a gmnr ``.pt`` (``torch.load(weights_only=True)``:
+    a training checkpoint, a ``final.pt`` or an exported weights file). Nothing in either runs code."""
+    path = os.fspath(path)
+    if path.endswith(".pkl"):
+        data = safe_load_pickle(path)
+        if not isinstance(data, dict) or "G_ema" not in data:
+            raise ValueError(f"{path}: not an NVlabs checkpoint (expected a dict with 'G_ema')")
+        return {key: flatten_state(data[key]) for key in ("G_ema", "D") if isinstance(data.get(key), PersistentObject)}
+    from gmnr.train.checkpoint import load_checkpoint
+    state = load_checkpoint(path)
+    if "G_ema" not in state:
+        raise ValueError(f"{path}: no 'G_ema' weights (expected a gmnr checkpoint, final.pt or exported weights)")
+    return {key: state[key] for key in ("G_ema", "D") if isinstance(state.get(key), Mapping)}
+
+
+# A camera-conditioned discriminator ends in a projection head (cmap_dim outputs) where an
+# unconditional one has a single logit: that layer cannot carry over and starts fresh.
+_D_HEAD = ("b4.out.weight", "b4.out.bias")
+
+
+def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, path: str | os.PathLike) -> dict:
+    """Initialise a GMPI / GMNR / 2D-StyleGAN2 generator and its discriminator from ``path``.
+
+    Names that both sides share are copied. What a 2D StyleGAN2 has no counterpart for keeps its
+    initialisation and is reported: GMPI's alpha branch, GMNR's alpha-VdR, a camera-conditioned
+    discriminator's label mapping and projection head. Any other disagreement (a tensor of another
+    shape, a name the model lacks) means the file was trained for another architecture: that
+    raises, naming the tensors, before anything is copied. Returns the load reports
+    (``{"source", "G": ..., "D": ...}``), which the trainer logs to MLflow.
+    """
+    states = pretrained_states(path)
+    g_report = load_into(generator, states["G_ema"], dry_run=True)
+    problems = [f"{k}: {list(a)} in the file, {list(b)} here" for k, a, b in g_report.mismatched]
+    problems += [f"{k}: not in the model" for k in g_report.unexpected]
+    d_report = load_into(discriminator, states["D"], dry_run=True) if discriminator is not None and "D" in states else None
+    if d_report is not None:
+        problems += [f"D {k}: {list(a)} in the file, {list(b)} here" for k, a, b in d_report.mismatched
+                     if k not in _D_HEAD]
+        problems += [f"D {k}: not in the model" for k in d_report.unexpected]
+    if problems:
+        raise ValueError(f"{path} was trained for another architecture than these params describe "
+                         f"(gmpi.z_dim, w_dim, mapping_layers, channel_base, channel_max and the resolution must "
+                         f"match it): " + "; ".join(problems[:6]) + (f"; ... (+{len(problems) - 6})" if len(problems) > 6 else ""))
+    report = {"source": os.fspath(path), "G": load_into(generator, states["G_ema"])}
+    if discriminator is not None:
+        if d_report is not None:
+            report["D"] = load_into(discriminator, states["D"])
+        else:
+            report["D"] = "not in the file: the discriminator starts from scratch"
+            log.warning("%s has no discriminator weights; D starts from scratch", path)
+    return report
+
+
+def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike, dtype: str = "float16") -> dict:
+    """Write the G_ema and D weights of a gmnr checkpoint (or final.pt) to ``output``, the file
+    that ``gmpi.pretrained`` (a path, or a registry entry bundling it) starts a run from.
+
+    ``float16`` halves the file (a bundled demo backbone stays under 2 MB); loading casts back to
+    the model's float32. Floating-point tensors are cast, integer buffers kept. Written through a
+    temporary file and renamed. Returns the output path, its SHA-256 and size for the registry.
+    """
+    from gmnr.train.checkpoint import load_checkpoint
+    cast = {"float16": torch.float16, "float32": torch.float32}
+    if dtype not in cast:
+        raise ValueError(f"dtype must be one of {sorted(cast)}, got {dtype!r}")
+    state = load_checkpoint(checkpoint)
+    if "G_ema" not in state or "D" not in state:
+        raise ValueError(f"{checkpoint}: needs 'G_ema' and 'D' weights (a training checkpoint or a final.pt "
+                         f"written by this version)")
+
+    def convert(weights: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict((k, v.to(cast[dtype]) if v.is_floating_point() else v) for k, v in weights.items())
+    payload = {"G_ema": convert(state["G_ema"]), "D": convert(state["D"]), "config": state.get("config"),
+               "model": state.get("model"), "step": state.get("step"), "dtype": dtype,
+               "source_sha256": hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()}
+    output = os.fspath(output)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = f"{output}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:  # a file object: the archive's inner name does not depend on tmp's name
+        torch.save(payload, f)
+    os.replace(tmp, output)
+    data = open(output, "rb").read()
+    return {"output": output, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+            "parameters": sum(v.numel() for part in ("G_ema", "D") for v in payload[part].values()),
+            "step": payload["step"], "model": payload["model"]}

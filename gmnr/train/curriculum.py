@@ -90,4 +90,5 @@ def recipe_from_params(params: Params) -> Recipe:
     if params.model == "mvcgan":
         m = params.mvcgan
         return Recipe(m.r1_gamma, m.r1_interval, m.grad_clip, 1)  # one view per latent (+ MVCGAN's aux view)
-    return Recipe(t.r1_gamma, t.r1_interval, t.grad_clip, t.views_per_latent)
+    views = 1 if params.model == "stylegan2" else t.views_per_latent  # a 2D image has one view
+    return Recipe(t.r1_gamma, t.r1_interval, t.grad_clip, views)

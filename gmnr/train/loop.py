@@ -119,19 +119,18 @@ class Trainer:
         return path
 
     def init_pretrained(self) -> dict | None:
-        source = self.params.train.pretrained
+        """Start G (and its EMA) and D from ``gmpi.pretrained``, the StyleGAN2 weights of the GMPI
+        backbone (GMPI, GMNR, the 2D backbone; MVCGAN trains from scratch, as published). Returns the
+        load reports, or None when there is nothing to load."""
+        if self.params.model == "mvcgan":
+            return None
+        source = self.params.gmpi.pretrained
         if not source:
             return None
-        if self.params.model == "mvcgan":
-            from gmnr.config import ParamsError
-            raise ParamsError("'train.pretrained': StyleGAN2 weights initialise gmpi/gmnr; mvcgan trains from "
-                              "scratch (set train.pretrained=null)")
-        from gmnr.models.pretrained import init_generator_from_pkl
-        path = Path(source)
-        if not path.is_file():
-            from gmnr.data.download import download_weights
-            path = download_weights(source, Path(self.params.paths.downloads) / "weights")
-        report = init_generator_from_pkl(self.G, path)
+        from gmnr.data.download import resolve_weights
+        from gmnr.models.pretrained import init_from_pretrained
+        path = resolve_weights(source, Path(self.params.paths.downloads) / "weights")
+        report = init_from_pretrained(self.G, self.D, path)
         self.G_ema.load_state_dict(self.G.state_dict())
         return report
 
@@ -231,15 +230,16 @@ class Trainer:
     def save_final(self) -> Path:
         path = self.run_dir / "final.pt"
         tmp = path.with_name(".final.pt.tmp")
-        torch.save({"G_ema": self.G_ema.state_dict(), "config": self.params.model_dump(mode="json"),
+        torch.save({"G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),  # D: to start another run from
+                    "config": self.params.model_dump(mode="json"),
                     "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}, tmp)
         tmp.replace(path)
         return path
 
 
 def model_sections(model: str) -> tuple[str, ...]:
-    """The params sections a model family reads (GMNR builds on GMPI's)."""
-    return {"gmnr": ("gmpi", "gmnr")}.get(model, (model,))
+    """The params sections a model family reads (GMNR and the 2D backbone build on GMPI's)."""
+    return {"gmnr": ("gmpi", "gmnr"), "stylegan2": ("gmpi",)}.get(model, (model,))
 
 
 def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, stop_after: int | None = None) -> dict:
