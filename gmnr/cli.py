@@ -127,7 +127,7 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         if params.evaluate.with_init and not args.baseline:  # the baselines first: the table shows them all
             from gmnr.eval.evaluate import baselines_of
             for baseline in baselines_of(checkpoint):
-                out = args.output.with_name(f"{args.output.stem}-{baseline}{args.output.suffix}") if args.output else None
+                out = args.output and args.output.with_name(f"{args.output.stem}-{baseline}{args.output.suffix}")
                 evaluate(params, checkpoint, real, out, baseline, progress)
         return evaluate(params, checkpoint, real, args.output, args.baseline, progress)
     if args.command == "export-weights":

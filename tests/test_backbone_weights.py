@@ -11,7 +11,7 @@ from gmnr.models.factory import build_discriminator, build_generator
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
 from gmnr.models.pretrained import export_weights, init_from_pretrained, pretrained_states
 from gmnr.models.stylegan2 import Discriminator
-from tests.conftest import make_disc_dataset, run_cli
+from tests.conftest import env_with_venv, make_disc_dataset, run_cli
 
 TINY = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=32,
             planes_train=4, planes_eval=4)
@@ -75,7 +75,8 @@ def test_weights_of_another_architecture_are_refused_before_anything_is_copied(t
     torch.manual_seed(0)
     G = GMPIGenerator(GMPIConfig(**{**TINY, "channel_max": 16}))
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    with pytest.raises(ValueError, match=r"another architecture.*synthesis\.b4\.const: \[32, 4, 4\] in the file, \[16, 4, 4\] here"):
+    expected = r"another architecture.*synthesis\.b4\.const: \[32, 4, 4\] in the file, \[16, 4, 4\] here"
+    with pytest.raises(ValueError, match=expected):
         init_from_pretrained(G, None, final)
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
 
@@ -137,20 +138,25 @@ def test_the_bundled_demo_backbone_fits_the_demo_gmpi_and_gmnr():
         assert set(report["D"].loaded) == set(D.state_dict()) - new_in_d
 
 
+def _env(root):
+    return env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
     """2 steps of the 2D backbone, exported, then 2 steps of GMPI starting from it."""
     root = tmp_path_factory.mktemp("backbone")
     make_disc_dataset(root, 12)
+    env = _env(root)
     common = ["--no-progress", "--input", str(root / "packed"), *TINY_S, "-S", "train.steps=2",
               "-S", "train.checkpoint_every=2", "-S", "train.threads=2"]
-    done = run_cli("train", "--output", str(root / "sg"), "-S", "model=stylegan2", *common)
+    done = run_cli("train", "--output", str(root / "sg"), "-S", "model=stylegan2", *common, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     done = run_cli("export-weights", "--checkpoint", str(root / "sg" / "final.pt"), "--output", str(root / "w.pt"),
-                   *TINY_S)
+                   *TINY_S, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     done = run_cli("train", "--output", str(root / "gmpi"), "-S", "model=gmpi", *common,
-                   "-S", f"gmpi.pretrained={root / 'w.pt'}")
+                   "-S", f"gmpi.pretrained={root / 'w.pt'}", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return root
 
@@ -160,14 +166,14 @@ def test_backbone_trains_and_evaluates_fid_kid_speed_only(pretrained_run):
     done = run_cli("evaluate", "-S", "model=stylegan2", *TINY_S, "--checkpoint", str(root / "sg" / "final.pt"),
                    "--input", str(root / "packed"), "--output", str(root / "sg.json"), "-S", "evaluate.fid_images=8",
                    "-S", "evaluate.kid_subsets=4", "-S", "evaluate.speed_frames=2", "-S", "evaluate.speed_warmup=1",
-                   "-S", "evaluate.with_init=false")
+                   "-S", "evaluate.with_init=false", env=_env(root))
     assert done.returncode == 0, done.stderr[-2000:]
     import json
     report = json.loads((root / "sg.json").read_text())
     assert report["metrics"]["fid"] > 0 and report["metrics"]["fps"] > 0
     assert set(report["backends"]) == {"fid", "kid", "fps"}
     done = run_cli("render", "-S", "model=stylegan2", *TINY_S, "--checkpoint", str(root / "sg" / "final.pt"),
-                   "--output", str(root / "render"))
+                   "--output", str(root / "render"), env=_env(root))
     assert done.returncode == 2 and "no viewpoint" in done.stderr
 
 

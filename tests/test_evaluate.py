@@ -11,7 +11,8 @@ from gmnr.config import load_params
 from gmnr.eval.evaluate import ablation_tag
 from tests.conftest import ROOT, env_with_venv, make_disc_dataset
 
-TINY = ["-S", "pack.resolution=16", "-S", "gmpi.pretrained=null", "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
+TINY = ["-S", "pack.resolution=16", "-S", "gmpi.pretrained=null",
+        "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
         "-S", "gmpi.channel_base=256", "-S", "gmpi.channel_max=32", "-S", "gmpi.planes_train=4",
         "-S", "gmpi.planes_eval=4", "-S", "train.grid_latents=2", "-S", "train.grid_views=2",
         "-S", "train.threads=2", "-S", "train.views_per_latent=2", "-S", "train.r1_interval=2"]

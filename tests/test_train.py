@@ -11,7 +11,8 @@ import torch
 
 from tests.conftest import ROOT, env_with_venv, make_disc_dataset
 
-TINY = ["-S", "pack.resolution=16", "-S", "gmpi.pretrained=null", "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
+TINY = ["-S", "pack.resolution=16", "-S", "gmpi.pretrained=null",
+        "-S", "gmpi.z_dim=16", "-S", "gmpi.w_dim=16", "-S", "gmpi.mapping_layers=2",
         "-S", "gmpi.channel_base=256", "-S", "gmpi.channel_max=32", "-S", "gmpi.planes_train=4",
         "-S", "gmpi.planes_eval=4", "-S", "train.log_every=1", "-S", "train.grid_latents=2",
         "-S", "train.grid_views=2", "-S", "train.threads=1", "-S", "train.views_per_latent=2",
@@ -115,3 +116,25 @@ def _initial_weights():
     params = load_params(ROOT / "params.yaml", [t for t in TINY if t != "-S"])
     torch.manual_seed(params.seed)
     INITIAL.update(build_generator(params).state_dict())
+
+
+def test_a_run_of_other_params_is_moved_aside_and_an_extended_run_resumes(packed):
+    """The pipeline reruns train when a param changes; the persisted checkpoints of the old params
+    must not be resumed as if they were this run's. Raising train.steps does resume."""
+    out = packed / "params-change"
+    base = ["-S", "train.steps=2", "-S", "train.checkpoint_every=2", "-S", "train.sample_every=2"]
+    done = subprocess.run(_train_cmd(packed, out, *base), env=_env(packed), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = _weights(out)
+    done = subprocess.run(_train_cmd(packed, out, *base, "-S", "train.r1_gamma=1.0"), env=_env(packed),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "holds a run of other params (train.r1_gamma)" in done.stdout and '"resumed_from": ""' in done.stdout
+    stale = list((out / "checkpoints").glob("stale-*/step-000000002.pt"))
+    assert len(stale) == 1 and all(torch.equal(v, torch.load(stale[0], weights_only=True)["G"][k])
+                                   for k, v in first.items()), "the old run's checkpoint is kept, unchanged"
+    done = subprocess.run(_train_cmd(packed, out, "-S", "train.steps=3", "-S", "train.checkpoint_every=2",
+                                     "-S", "train.sample_every=2", "-S", "train.r1_gamma=1.0"),
+                          env=_env(packed), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step-000000002.pt" in done.stdout.split('"resumed_from":')[1].split("\n")[0]

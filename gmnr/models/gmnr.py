@@ -272,7 +272,8 @@ def sample_pairs(weights: Tensor, fraction: float, threshold: float = 0.0,
     Deterministic for a given ``generator`` (its device may differ from the weights'). Pairs come
     ordered by (image, plane, row, column). No gradient flows through the choice.
     """
-    _require(weights.ndim == 5 and weights.shape[2] == 1, f"weights must be [B, P, 1, H, W], got {tuple(weights.shape)}")
+    _require(weights.ndim == 5 and weights.shape[2] == 1,
+             f"weights must be [B, P, 1, H, W], got {tuple(weights.shape)}")
     _require(0.0 <= fraction <= 1.0, f"fraction must be in [0, 1], got {fraction}")
     keep = weights.detach()[:, :, 0] > threshold  # [B, P, H, W]
     if images is not None:

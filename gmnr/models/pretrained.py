@@ -464,15 +464,18 @@ def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, 
     g_report = load_into(generator, states["G_ema"], dry_run=True)
     problems = [f"{k}: {list(a)} in the file, {list(b)} here" for k, a, b in g_report.mismatched]
     problems += [f"{k}: not in the model" for k in g_report.unexpected]
-    d_report = load_into(discriminator, states["D"], dry_run=True) if discriminator is not None and "D" in states else None
+    d_report = None
+    if discriminator is not None and "D" in states:
+        d_report = load_into(discriminator, states["D"], dry_run=True)
     if d_report is not None:
         problems += [f"D {k}: {list(a)} in the file, {list(b)} here" for k, a, b in d_report.mismatched
                      if k not in _D_HEAD]
         problems += [f"D {k}: not in the model" for k in d_report.unexpected]
     if problems:
+        more = f"; ... (+{len(problems) - 6})" if len(problems) > 6 else ""
         raise ValueError(f"{path} was trained for another architecture than these params describe "
                          f"(gmpi.z_dim, w_dim, mapping_layers, channel_base, channel_max and the resolution must "
-                         f"match it): " + "; ".join(problems[:6]) + (f"; ... (+{len(problems) - 6})" if len(problems) > 6 else ""))
+                         f"match it): " + "; ".join(problems[:6]) + more)
     report = {"source": os.fspath(path), "G": load_into(generator, states["G_ema"])}
     if discriminator is not None:
         if d_report is not None:

@@ -34,6 +34,17 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def move_aside(folder: Path) -> Path:
+    """Move every checkpoint of ``folder`` into ``folder/stale-<UTC time>/`` (kept, never deleted;
+    the subfolder is invisible to :func:`list_checkpoints`). Returns that subfolder."""
+    import time
+    stale = Path(folder) / f"stale-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    stale.mkdir(parents=True, exist_ok=True)
+    for _, path in list_checkpoints(folder):
+        os.replace(path, stale / path.name)
+    return stale
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -102,12 +102,25 @@ class Trainer:
                 "mlflow_run_id": self.mlflow_run_id or ""}
 
     def resume(self) -> Path | None:
-        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        """Continue from the latest checkpoint when it was written by a run of these params (a killed
+        or extended run). Checkpoints of other params (the pipeline reran train because a param
+        changed) are moved to ``checkpoints/stale-<time>/`` and training starts afresh."""
+        folder = self.run_dir / "checkpoints"
+        path = ckpt.latest_checkpoint(folder)
         if path is None:
             return None
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state.get("model") != self.params.model:
             raise RuntimeError(f"{path} holds a '{state.get('model')}' model, params say '{self.params.model}'")
+        changed = changed_training_params(state.get("config", {}), self.params)
+        if changed:
+            if self.info.is_main:
+                stale = ckpt.move_aside(folder)
+                print(f"gmnr train: {folder} holds a run of other params ({', '.join(changed[:5])}"
+                      f"{', ...' if len(changed) > 5 else ''}); moved it to {stale}, training from the start",
+                      flush=True)
+            dist.barrier(self.info)
+            return None
         for name in ("G", "D", "G_ema"):
             getattr(self, name).load_state_dict(state[name])
         self.opt_G.load_state_dict(state["opt_G"])
@@ -235,6 +248,24 @@ class Trainer:
                     "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}, tmp)
         tmp.replace(path)
         return path
+
+
+# Params that change how a run is executed or recorded, not what it computes: a checkpoint written
+# under other values of these is resumed. Any other difference in what training reads starts afresh.
+RESUMABLE_KEYS = frozenset({"train.steps", "train.device", "train.checkpoint_every", "train.keep_last",
+                            "train.sample_every", "train.log_every", "train.threads", "train.grid_latents",
+                            "train.grid_views"})
+
+
+def changed_training_params(config: dict, params: Params) -> list[str]:
+    """The keys (dotted) that training reads whose value in a checkpoint's ``config`` differs from
+    ``params``, less :data:`RESUMABLE_KEYS`."""
+    from gmnr.config import flatten
+    sections = ("seed", "dataset", "cameras", "pack", *model_sections(params.model), "train")
+    ours = flatten({k: v for k, v in params.model_dump(mode="json").items() if k in sections})
+    theirs = flatten({k: v for k, v in config.items() if k in sections})
+    return sorted(k for k in ours.keys() | theirs.keys()
+                  if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
 
 
 def model_sections(model: str) -> tuple[str, ...]:
