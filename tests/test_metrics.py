@@ -186,6 +186,22 @@ def test_inception_fid_and_kid_halves_versus_shifted(extractor, capsys):
     assert kid_shifted > 5 * abs(kid_halves)
 
 
+def test_generated_features_are_cached_by_image_bytes(extractor, tmp_path):
+    """The same images come back from the cache bit for bit; one changed pixel is a new entry."""
+    from gmnr.eval.metrics.inception import image_features
+    images = _blobs(4, 3)
+    first, hit1 = image_features(extractor, images, tmp_path)
+    again, hit2 = image_features(extractor, images.copy(), tmp_path)
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 1
+    other, hit3 = image_features(extractor, changed, tmp_path)
+    assert (hit1, hit2, hit3) == (False, True, False)
+    assert np.array_equal(first, again) and len(list(tmp_path.glob("fid_generated_*.npy"))) == 2
+    np.testing.assert_allclose(first, extractor.features(images), rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(first[0], other[0]) and np.array_equal(first[1:], other[1:])
+    assert image_features(extractor, images, None)[1] is False  # no folder: never cached
+
+
 # ------------------------------------------------------------------ face metrics on synthetic truth
 @pytest.fixture(scope="module")
 def true_geometry():

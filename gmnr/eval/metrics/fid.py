@@ -108,13 +108,15 @@ class FIDKID:
     name = "fid"
 
     def __init__(self, real_dir: Path, n_generated: int, real_max: int | None = None, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, cache_dir: Path | None = None, extractor=None):
+                 kid_subset_size: int = 1000, cache_dir: Path | None = None, extractor=None,
+                 generated_cache_dir: Path | None = None):
         from gmnr.eval.metrics.inception import load_extractor
         self.real_dir = Path(real_dir)
         self.n_generated = n_generated
         self.real_max = real_max
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.cache_dir = cache_dir
+        self.generated_cache_dir = generated_cache_dir
         self.extractor = extractor or load_extractor()
         self.backend = self.extractor.description
 
@@ -129,18 +131,23 @@ class FIDKID:
         z = ctx.sample_latents(self.n_generated, G.z_dim, stream=1)
         yaw, pitch = ctx.sample_poses(self.n_generated, stream=1)
         cams = ctx.cam2world(yaw, pitch)
+        from gmnr.eval.metrics.inception import image_features
         fake = []
+        cached_chunks = 0
         t_render = t_feat = 0.0
         chunk = max(ctx.batch_size, 64)
         for s in range(0, self.n_generated, chunk):  # render and embed in chunks: bounded memory at 50k
             t0 = time.perf_counter()
             images = render(G, z[s:s + chunk], cams[s:s + chunk], ctx)
             t1 = time.perf_counter()
-            fake.append(self.extractor.features(images))
+            features, hit = image_features(self.extractor, images, self.generated_cache_dir)
+            fake.append(features)
+            cached_chunks += hit
             t_render, t_feat = t_render + t1 - t0, t_feat + time.perf_counter() - t1
         fake = np.concatenate(fake)
         return {"fid": fid_from_features(real, fake),
                 "kid": kernel_inception_distance(real, fake, self.kid_subsets, self.kid_subset_size, seed=ctx.seed),
                 "n_generated": int(fake.shape[0]), "n_real": int(real.shape[0]),
                 "fid_real_features_cached": bool(cached), "fid_real_seconds": t_real,
+                "fid_generated_chunks_cached": cached_chunks,
                 "fid_render_seconds": t_render, "fid_feature_seconds": t_feat, "backend": self.backend}

@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,7 @@ class Extractor:
     module: object
     batch_size: int = 32
     device: str = "cpu"
+    _sha256: str | None = field(default=None, repr=False)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 (or float 0..255) images [N, H, W, 3] -> float32 features [N, 2048]."""
@@ -46,13 +47,18 @@ class Extractor:
         out = []
         for s in range(0, len(images), self.batch_size):
             batch = np.stack([clean_resize(im) for im in images[s:s + self.batch_size]])
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+            # channels-last: the same convolutions, ~20 % faster on the CPU (oneDNN's native layout);
+            # features change only by float rounding (~1e-6 relative)
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 out.append(self.forward(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
     def sha256(self) -> str:
-        return file_sha256(self.path)
+        """SHA-256 of the network file (computed once per extractor: the file is ~87 MB)."""
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
 
 
 _RESIZER = None
@@ -179,8 +185,7 @@ def folder_features(extractor: Extractor, folder: Path, limit: int | None = None
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
-    key = h.hexdigest()[:16]
-    cache = Path(cache_dir) / f"fid_real_{extractor.name}_{key}.npy" if cache_dir else None
+    cache = Path(cache_dir) / f"fid_real_{extractor.name}_{h.hexdigest()[:16]}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache), True
     feats = []
@@ -188,8 +193,31 @@ def folder_features(extractor: Extractor, folder: Path, limit: int | None = None
         feats.append(extractor.features(np.stack([read_rgb(f) for f in files[s:s + 256]])))
     feats = np.concatenate(feats)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, feats)
-        tmp.replace(cache)
+        _save_atomic(cache, feats)
     return feats, False
+
+
+def image_features(extractor: Extractor, images: np.ndarray, cache_dir: Path | None = None) -> tuple[np.ndarray, bool]:
+    """Features of uint8 images [N, H, W, 3], cached on disk (when ``cache_dir`` is given) by a hash
+    of the extractor file and the images' bytes: a generator that renders exactly the same images
+    as one measured before (the same weights, or an alpha-VdR that starts as a no-op) is not sent
+    through Inception again. Returns (features, came_from_cache)."""
+    images = np.ascontiguousarray(images)
+    if cache_dir is None:
+        return extractor.features(images), False
+    h = hashlib.sha256(extractor.sha256().encode())
+    h.update(f"{images.dtype}{images.shape}".encode())
+    h.update(images.tobytes())
+    cache = Path(cache_dir) / f"fid_generated_{extractor.name}_{h.hexdigest()[:24]}.npy"
+    if cache.is_file():
+        return np.load(cache), True
+    feats = extractor.features(images)
+    _save_atomic(cache, feats)
+    return feats, False
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
