@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -90,14 +91,14 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
             "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if pairs else None}
 
 
-def write_markdown(rows: list[dict], out: Path) -> None:
+def write_markdown(rows: list[dict], out: Path, section: str = "Render speed") -> None:
     device, kind = rows[0]["device"], rows[0]["memory_kind"]
     argv = sys.argv[1:]
     shown = [a for i, a in enumerate(argv)  # the command as typed, less where its table was written
              if not a.startswith("--out") and not (i > 0 and argv[i - 1] == "--out")]
-    command = " ".join(["python benchmarks/render_speed.py", *shown])
+    command = shlex.join(["python", "benchmarks/render_speed.py", *shown])
     load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
-    lines = ["## Render speed", "",
+    lines = [f"## {section}", "",
              f"`{command}` on **{device}**{load}, batch 1, published network sizes from "
              f"params.yaml (random weights), generator + renderer (mapping, synthesis of the MPI, "
              f"rendering), one process per row. Memory: {kind}. 'time vs GMPI' is this row's time per "
@@ -136,7 +137,7 @@ def write_markdown(rows: list[dict], out: Path) -> None:
                      f"{per_pixel} | {vs_gmpi} | {vs_gmnr} |")
     section = "\n".join(lines) + "\n"
     text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
-    start = text.find("## Render speed")
+    start = text.find(f"## {section}\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--section", default="Render speed",
+                        help="title of the table's section in --out (replaced when it exists, else appended)")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # child process mode: model res planes vdr
     args = parser.parse_args()
     if args.one:
@@ -181,7 +184,7 @@ def main() -> None:
                       f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB, VdR pairs/pixel "
                       f"{row['vdr_pairs_per_pixel'] or 0:.2f}", flush=True)
                 rows.append(row)
-    write_markdown(rows, args.out)
+    write_markdown(rows, args.out, args.section)
     print(f"wrote {args.out}")
 
 
