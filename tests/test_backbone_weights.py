@@ -11,6 +11,7 @@ from gmnr.models.factory import build_discriminator, build_generator
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
 from gmnr.models.pretrained import export_weights, init_from_pretrained, pretrained_states
 from gmnr.models.stylegan2 import Discriminator
+from gmnr.render.camera import pose_to_cam2world
 from tests.conftest import env_with_venv, make_disc_dataset, run_cli
 
 TINY = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=32,
@@ -66,8 +67,19 @@ def test_exported_weights_initialise_gmpi_backbone_and_discriminator(tmp_path, d
         assert torch.equal(d_state[name], value)
     loaded_d = set(report["D"].loaded)
     assert loaded_d and all(torch.allclose(d_state[k], D2d.state_dict()[k], rtol=tol, atol=tol) for k in loaded_d)
-    # the unconditional D's output layer (1 logit) cannot fill the projection head (cmap_dim logits)
-    assert {k for k, _, _ in report["D"].mismatched} == {"b4.out.weight", "b4.out.bias"}
+    # the unconditional D's single logit row fills every row of the projection head, as GMPI's
+    # broadcasting copy_ does, and with the neutral label projection the conditioned D starts as the
+    # pretrained D: the same logits for any camera
+    assert not report["D"].mismatched and {"b4.out.weight", "b4.out.bias"} <= loaded_d
+    row = D2d.state_dict()["b4.out.weight"]
+    assert torch.allclose(d_state["b4.out.weight"], row.expand(D.cmap_dim, -1), rtol=tol, atol=tol)
+    images = torch.randn(4, 3, 16, 16)
+    cams = pose_to_cam2world(torch.tensor([0.4, -0.3, 0.0, 0.2]), torch.tensor([0.1, -0.2, 0.0, 0.25]))
+    labels = torch.linalg.inv(cams).reshape(4, 16)
+    with torch.no_grad():
+        pretrained = D2d.eval()(images, None)
+        for label in (labels, torch.randn(4, 16) * 3):
+            assert torch.allclose(D.eval()(images, label), pretrained, rtol=2e-2 if tol else 1e-5, atol=2e-2 if tol else 1e-5)
 
 
 def test_weights_of_another_architecture_are_refused_before_anything_is_copied(tmp_path):
@@ -134,7 +146,7 @@ def test_the_bundled_demo_backbone_fits_the_demo_gmpi_and_gmnr():
         report = init_from_pretrained(G, D, path)
         assert not report["G"].mismatched and not report["G"].unexpected
         assert all(k.startswith(("alpha_layers.", "vdr.")) for k in report["G"].missing)
-        new_in_d = {k for k in D.state_dict() if k.startswith(("mapping.", "b4.out."))}  # the camera conditioning
+        new_in_d = {k for k in D.state_dict() if k.startswith("mapping.")}  # the camera's label projection
         assert set(report["D"].loaded) == set(D.state_dict()) - new_in_d
 
 

@@ -42,9 +42,9 @@ def _seeded(seed):
 
 def test_encodings_match_their_formulas():
     x = torch.tensor([[0.3, -0.7]])
-    enc = positional_encoding(x, 3)
+    enc = positional_encoding(x, 3)  # GMNR: 0.5 pi 2^k
     assert enc.shape == (1, 12)
-    expected = [f(2 ** k * math.pi * v) for v in (0.3, -0.7) for k in range(3) for f in (math.sin, math.cos)]
+    expected = [f(2 ** k * math.pi / 2 * v) for v in (0.3, -0.7) for k in range(3) for f in (math.sin, math.cos)]
     assert torch.allclose(enc[0], torch.tensor(expected), atol=1e-6)
     assert torch.equal(enc, torch.cat([positional_encoding(x[:, :1], 3), positional_encoding(x[:, 1:], 3)], 1))
     dirs = direction_encoding(x, (1, 2, 4))
@@ -168,13 +168,13 @@ def test_disabled_or_zeroed_vdr_reproduces_gmpi_exactly():
     ws = gmpi.mapping(torch.randn(2, 16), None)
     cams = _cams(4)  # two views per latent
     ref = gmpi.render(ws, cams)
-    assert ref["image"].abs().max() > 1, "the test must cover base colours outside [-1, 1]"
+    assert ref["image"].abs().max() <= 1, "GMPI's colours are tanh'd"
     out = gmnr.render(ws, cams, generator=_seeded(0))
     assert out["n_sampled"].min() > 0 and not torch.allclose(out["image"], ref["image"])
     assert torch.equal(out["depth"], ref["depth"]) and torch.equal(out["weights"], ref["weights"])
     gmnr.vdr.zero_output_()
     out = gmnr.render(ws, cams, generator=_seeded(0))
-    for key in ("image", "depth", "alpha_acc", "weights", "alpha", "mpi_rgb", "plane_depths"):
+    for key in ("image", "depth", "alpha_acc", "weights", "alpha", "mpi_rgb", "mpi_background", "plane_depths"):
         assert torch.equal(out[key], ref[key]), key
     for vdr in ({"vdr_enabled": False}, {"vdr_fraction": 0.0}):
         _, off = _pair(**vdr)
@@ -183,32 +183,45 @@ def test_disabled_or_zeroed_vdr_reproduces_gmpi_exactly():
 
 
 def test_vdr_render_equals_dense_per_plane_compositing():
-    """Reference: materialise every plane's colour, apply clip(c + KH) at the sampled pairs with
-    inputs computed independently (camera.pixel_rays for the direction), composite densely."""
-    gmpi, gmnr = _pair(resolution=16, planes=5, vdr_fraction=0.5, vdr_strict_clip=True)
+    """Reference: materialise every plane's colour (the shared image on the front planes, the
+    background on the last), apply clip(c + KH) at the sampled pairs with the published inputs
+    computed independently - uv in texel-centre units from the plane intrinsics, the metric plane
+    depth, the world-space ray direction from camera.pixel_rays, w = ws[:, 0] - composite densely."""
+    gmpi, gmnr = _pair(resolution=16, planes=5, vdr_fraction=0.5)
     ws = gmnr.mapping(torch.randn(2, 16), None)
     cams = _cams(2)
     out = gmnr.render(ws, cams, generator=_seeded(4))
-    img, alpha, depths = gmnr.synthesize(ws, 5)
+    mpi = gmnr.synthesize(ws, 5)
+    depths = mpi["depths"]
     canon, k = gmnr.canonical_cam2world, gmnr.canonical_intrinsics()
-    grid = _plane_grid(plane_homographies(canon, k, cams, k, depths), (16, 16), (16, 16))
-    alpha_t, rgb01 = _sample_planes(alpha, grid), (_sample_shared(img, grid) + 1) / 2
+    k_src = gmnr.texture_intrinsics(5)
+    grid = _plane_grid(plane_homographies(canon, k_src[None], cams, k, depths), (16, 16), (16, 16))
+    alpha_t = _sample_planes(mpi["alpha"], grid)
+    colours = torch.cat([mpi["rgb"][:, None].expand(-1, 4, -1, -1, -1), mpi["background"][:, None]], 1)
+    rgb01 = (_sample_planes(colours, grid) + 1) / 2
     z, _ = plane_depth_in_target(canon, cams, k, depths, (16, 16))
     _, _, weights = composite(rgb01, alpha_t, z)
     s = sample_pairs(weights, 0.5, 0.0, _seeded(4))
     assert torch.equal(torch.bincount(s.batch, minlength=2), out["n_sampled"])
     _, world = pixel_rays(cams, k, 16, 16)
     omega = (world @ canon[0, :3, :3])[s.batch, s.y, s.x, :2]
-    d01 = (depths[s.plane] - 0.95) / (1.12 - 0.95)
-    delta = gmnr.vdr.delta(grid[s.batch, s.plane, s.y, s.x].clamp(-1, 1), d01, omega, ws[s.batch, -1])
+    # the texel coordinate the ray hits, (x, y) on plane z = d, in units of the texel-centre span
+    rel = torch.linalg.solve(canon.expand(2, 4, 4), cams)
+    origin, dirs = rel[:, :3, 3], (world @ canon[0, :3, :3])  # canonical frame
+    d = depths[s.plane]
+    t = (d - origin[s.batch, 2]) / dirs[s.batch, s.y, s.x, 2]
+    hit = origin[s.batch] + t[:, None] * dirs[s.batch, s.y, s.x]
+    half = gmnr.plane_half_extents[(s.plane == 4).long()]  # front planes' or background's half extent
+    uv = (hit[:, :2] / half).clamp(-1, 1)
+    delta = gmnr.vdr.delta(uv, d, omega, ws[s.batch, 0])
     dense = rgb01.clone()
     dense[s.batch, s.plane, :, s.y, s.x] = (dense[s.batch, s.plane, :, s.y, s.x] + delta).clamp(0, 1)
     expected, _, _ = composite(dense * 2 - 1, alpha_t, z)
     assert torch.allclose(out["image"], expected, atol=1e-5)
     changed = (out["image"] != gmpi.render(ws, cams)["image"]).any(1)
-    hit = torch.zeros_like(changed)
-    hit[s.batch, s.y, s.x] = True
-    assert not (changed & ~hit).any(), "only pixels with sampled pairs change"
+    hit_px = torch.zeros_like(changed)
+    hit_px[s.batch, s.y, s.x] = True
+    assert not (changed & ~hit_px).any(), "only pixels with sampled pairs change"
 
 
 def test_inference_modes_and_threshold():

@@ -19,7 +19,7 @@ def tiny_generator(res=16, w_dim=8, c_dim=0, seed=0, **synthesis):
 
 def tiny_discriminator(res=16, c_dim=16, seed=0):
     torch.manual_seed(seed)
-    return Discriminator(c_dim=c_dim, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=2),
+    return Discriminator(c_dim=c_dim, img_resolution=res, img_channels=3,
                          **SMALL)
 
 
@@ -204,8 +204,31 @@ def test_discriminator_is_conditioned_on_camera():
         l1, l1b, l2 = D(img, c1), D(img, c1), D(img, c2)
     assert l1.shape == (4, 1)
     assert torch.equal(l1, l1b)
-    assert not torch.allclose(l1, l2)
+    assert torch.allclose(l1, l2, atol=1e-6), "the label projection starts neutral: the same logit for every camera"
+    (D(img, c1).sum()).backward()
+    assert D.mapping.linear.weight.grad.abs().sum() > 0, "yet the camera dependence receives gradient at once"
+    with torch.no_grad():
+        D.mapping.linear.weight.normal_()  # as after training
+        assert not torch.allclose(D(img, c1), D(img, c2))
     assert Discriminator(c_dim=0, img_resolution=16, img_channels=3, **SMALL)(img, None).shape == (4, 1)
+
+
+def test_label_projection_is_one_linear_layer_normalised():
+    """GMPI: flattened camera -> nn.Linear(16, 16) -> normalize_2nd_moment; the neutral start embedding
+    has mean square 1 and sum sqrt(k), so (row * n).sum() / sqrt(k) returns the row's logit."""
+    from gmnr.models.stylegan2 import LabelProjection
+    for k in (1, 2, 16, 33):
+        n = LabelProjection.neutral_embedding(k)
+        assert torch.allclose(n.square().mean(), torch.tensor(1.0), atol=1e-6)
+        assert torch.allclose(n.sum() / k ** 0.5, torch.tensor(1.0), atol=1e-6)
+    proj = LabelProjection(16, 16)
+    with torch.no_grad():
+        proj.linear.weight.normal_()
+    c = torch.randn(5, 16)
+    expected = proj.linear(c)
+    expected = expected / expected.square().mean(1, keepdim=True).add(1e-8).sqrt()
+    assert torch.allclose(proj(c), expected, atol=1e-6)
+    assert [type(m).__name__ for m in proj.modules()] == ["LabelProjection", "Linear"]
 
 
 # --- NVlabs names -------------------------------------------------------------------------------
@@ -244,10 +267,9 @@ def test_discriminator_names_follow_nvlabs():
     for r in (16, 8):
         expected |= conv(f"b{r}.conv0") | conv(f"b{r}.conv1") | {f"b{r}.skip.weight", f"b{r}.skip.resample_filter"}
     expected |= {"b4.conv.weight", "b4.conv.bias", "b4.conv.resample_filter", "b4.fc.weight", "b4.fc.bias",
-                 "b4.out.weight", "b4.out.bias", "mapping.embed.weight", "mapping.embed.bias",
-                 "mapping.fc0.weight", "mapping.fc0.bias", "mapping.fc1.weight", "mapping.fc1.bias"}
+                 "b4.out.weight", "b4.out.bias", "mapping.linear.weight", "mapping.linear.bias"}
     assert set(sd) == expected
     cmap = D.channels_dict[4]
-    assert sd["mapping.embed.weight"].shape == (cmap, 16)
+    assert sd["mapping.linear.weight"].shape == (cmap, 16)
     assert sd["b4.out.weight"].shape == (cmap, D.channels_dict[4])
     assert sd["b4.conv.weight"].shape == (D.channels_dict[4], D.channels_dict[4] + 1, 3, 3)

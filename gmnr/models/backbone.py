@@ -17,24 +17,36 @@ from gmnr.models.stylegan2 import MappingNetwork, SynthesisNetwork
 
 class StyleGAN2Backbone(nn.Module):
     """Mapping network z -> w and synthesis network w -> RGB at ``cfg.resolution`` (a GMPIConfig:
-    z_dim, w_dim, mapping_layers, channel_base, channel_max; the plane and camera fields are GMPI's)."""
+    z_dim, w_dim, mapping_layers, channel_base, channel_max, conv_clamp; the plane and camera fields
+    are GMPI's)."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.resolution, 3, cfg.channel_base, cfg.channel_max)
+        self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.resolution, 3, cfg.channel_base, cfg.channel_max,
+                                          conv_clamp=cfg.conv_clamp)
         self.mapping = MappingNetwork(cfg.z_dim, 0, cfg.w_dim, self.synthesis.num_ws, num_layers=cfg.mapping_layers)
         self.z_dim, self.w_dim, self.num_ws = cfg.z_dim, cfg.w_dim, self.synthesis.num_ws
 
+    def synthesize(self, ws: torch.Tensor, n_planes: int | None = None, noise_mode: str = "const"
+                   ) -> dict[str, torch.Tensor]:
+        """ws [B, num_ws, w_dim] -> {"rgb": [B, 3, R, R]} (``n_planes`` is ignored: a 2D image)."""
+        return {"rgb": self.synthesis(ws, noise_mode=noise_mode)}
+
+    def render_mpi(self, mpi: dict[str, torch.Tensor], cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """image [B * V, 3, R, R] for cam2world [B * V, 4, 4] (latent-major). A 2D generator has no
+        viewpoint: every view of a latent is the same image."""
+        image = mpi["rgb"]
+        views = cam2world.shape[0] // image.shape[0]
+        assert cam2world.shape[0] == views * image.shape[0], \
+            f"cam2world batch {cam2world.shape[0]} must be a multiple of the latent batch {image.shape[0]}"
+        return {"image": image.repeat_interleave(views, 0) if views > 1 else image}
+
     def render(self, ws: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
                n_planes: int | None = None, noise_mode: str = "const") -> dict[str, torch.Tensor]:
-        """ws [B, num_ws, w_dim] -> image [B * V, 3, R, R] for cam2world [B * V, 4, 4] (latent-major).
-        A 2D generator has no viewpoint: every view of a latent is the same image."""
-        views = cam2world.shape[0] // ws.shape[0]
-        assert cam2world.shape[0] == views * ws.shape[0], \
-            f"cam2world batch {cam2world.shape[0]} must be a multiple of the latent batch {ws.shape[0]}"
-        image = self.synthesis(ws, noise_mode=noise_mode)
-        return {"image": image.repeat_interleave(views, 0) if views > 1 else image}
+        """ws [B, num_ws, w_dim] -> image [B * V, 3, R, R] for cam2world [B * V, 4, 4] (latent-major)."""
+        return self.render_mpi(self.synthesize(ws, n_planes, noise_mode), cam2world, intrinsics)
 
     def forward(self, z: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
                 truncation_psi: float = 1.0, n_planes: int | None = None, noise_mode: str = "const"

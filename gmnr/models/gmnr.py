@@ -4,14 +4,19 @@ GMPI renders planes whose colour does not depend on the viewing direction. GMNR 
 random subset of the (plane, target pixel) pairs that contribute to the image,
 
     c' = clip(c + K H, 0, 1),
-    K = tanh(MLP_K([gamma_10(u), gamma_10(v), gamma_8(d), w]))      (3 x 4, position coefficients)
-    H = tanh(MLP_H([gamma'(omega_x), gamma'(omega_y), w]))           (4,   direction coefficients)
+    K = tanh(MLP_K([gamma(u), gamma(v), gamma(d), w]))      (3 x 4, position coefficients)
+    H = tanh(MLP_H([gamma'(omega_x), gamma'(omega_y), w]))   (4,   direction coefficients)
 
-with (u, v) the plane texture coordinates hit by the pixel's ray (in [-1, 1]), d the plane depth
-normalised to [0, 1] over the MPI depth range, (omega_x, omega_y) the x, y components of the unit
-ray direction in the canonical (source) camera frame and w the latent. The pairs are drawn by
-*alpha-guided pixel sampling*: each pair whose compositing weight exceeds a threshold
-(0: "non-zero") is kept with probability ``vdr_fraction`` (60% published).
+as the published code has it (VIROBO-15/GMNR ``gmnr/models/networks/networks_cond_on_pos_enc.py:
+RefineNetworkforrgb.forward``, ``gmnr/model_new/network.py:Basis``, ``gmnr/model_new/mlp.py``):
+(u, v) is the plane texture coordinate the pixel's ray hits, in grid_sample's align_corners=True
+units ([-1, 1] over the plane's texel centres), encoded with frequencies 0.5 pi 2^k, k < 10; d the
+plane's metric depth with 0.5 pi 2^k, k < 8; (omega_x, omega_y) the x, y of the unit world-space
+ray direction (GMPI's world frame is the canonical camera's) with {1, 2, 4} pi / 2; w the latent
+(``ws[:, 0]``). Both MLPs are plain ``nn.Linear`` layers with leaky ReLU 0.01. The pairs are drawn
+by *alpha-guided pixel sampling*: each pair whose compositing weight exceeds a threshold (0:
+"non-zero") is kept with probability ``vdr_fraction`` (60 % published; the published code draws
+that many pairs with replacement, here without: no pair is counted twice).
 
 Where the cost goes, and how it is kept down without changing the function:
 - H depends on the pixel's ray only, and a ray has one direction for every plane it crosses, so
@@ -27,9 +32,10 @@ At inference (``eval()``) the pairs follow ``GMNRGenerator.inference_vdr``: ``al
 pairs (deterministic: a video does not flicker), the training-time random ``sampled`` subset, or
 ``off`` (no view-dependent colour; how the published code renders its FID images and videos).
 
-Everything else - the StyleGAN2 backbone, the alpha branch, the homography warp and the
-compositing - is GMPI's (:class:`GMNRGenerator` subclasses :class:`GMPIGenerator`).
-Shapes follow the config (resolution, planes, w_dim, encodings); none is hard-coded.
+Everything else - the StyleGAN2 backbone, the alpha branch, the background plane, the plane
+extents, the homography warp and the compositing - is GMPI's (:class:`GMNRGenerator` subclasses
+:class:`GMPIGenerator`). Shapes follow the config (resolution, planes, w_dim, encodings); none is
+hard-coded (the published modules hard-code 256 px, 32 planes and 512-d w).
 """
 from __future__ import annotations
 
@@ -41,7 +47,6 @@ import torch
 from torch import nn
 
 from gmnr.models.gmpi import GMPIConfig, GMPIGenerator
-from gmnr.models.stylegan2 import FullyConnectedLayer
 from gmnr.render.mpi import pixel_centres, relative_pose
 
 Tensor = torch.Tensor
@@ -95,9 +100,9 @@ def frequency_encoding(x: Tensor, freqs: Sequence[float] | Tensor) -> Tensor:
     return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-3)
 
 
-def positional_encoding(x: Tensor, n_freqs: int, scale: float = math.pi) -> Tensor:
-    """NeRF positional encoding gamma_L: sin/cos of ``2^k * scale * x``, k = 0..L-1.
-    [..., D] -> [..., D * 2 * n_freqs]."""
+def positional_encoding(x: Tensor, n_freqs: int, scale: float = math.pi / 2) -> Tensor:
+    """Positional encoding gamma_L: sin/cos of ``2^k * scale * x``, k = 0..L-1 (GMNR's scale is
+    pi / 2: ``0.5 * np.pi * (2 ** i)`` for uv and depth). [..., D] -> [..., D * 2 * n_freqs]."""
     _require(int(n_freqs) == n_freqs and n_freqs >= 1, f"n_freqs must be an integer >= 1, got {n_freqs}")
     return frequency_encoding(x, [scale * 2.0 ** k for k in range(int(n_freqs))])
 
@@ -113,15 +118,16 @@ def direction_encoding(x: Tensor, freqs: Sequence[float] = (1, 2, 4), scale: flo
 # --------------------------------------------------------------------------------------------
 
 class CoefficientMLP(nn.Module):
-    """``n_hidden`` equalised-lr linear layers of width ``hidden`` with leaky ReLU (slope 0.01),
-    then a linear output layer followed by tanh."""
+    """``n_hidden`` plain ``nn.Linear`` layers of width ``hidden`` with leaky ReLU (slope 0.01), then a
+    linear output layer followed by tanh (GMNR's ``VanillaMLP`` / ``ReluMLP`` and the tanh of
+    ``Basis``; PyTorch's default initialisation, no equalised learning rate)."""
 
     def __init__(self, in_features: int, hidden: int, n_hidden: int, out_features: int):
         super().__init__()
         _require(n_hidden >= 0 and hidden >= 1, f"need hidden >= 1 and n_hidden >= 0, got {hidden}, {n_hidden}")
         widths = [in_features] + [hidden] * n_hidden
-        self.hidden = nn.ModuleList(FullyConnectedLayer(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = FullyConnectedLayer(widths[-1], out_features)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], out_features)
 
     @property
     def dims(self) -> list[int]:
@@ -141,13 +147,13 @@ class CoefficientMLP(nn.Module):
         else:
             _require(index is not None and index.shape == (x.shape[0],),
                      f"shared inputs need an index [N] = [{x.shape[0]}], got {None if index is None else tuple(index.shape)}")
-            weight = first.weight.to(x.dtype) * first.weight_gain
+            weight = first.weight.to(x.dtype)
             f = x.shape[1]
             _require(f + shared.shape[1] == first.in_features,
                      f"inputs {f} + {shared.shape[1]} must add up to {first.in_features}")
             x = x @ weight[:, :f].t() + gather_rows(shared.to(x.dtype) @ weight[:, f:].t(), index)
             if first.bias is not None:
-                x = x + first.bias.to(x.dtype) * first.bias_gain
+                x = x + first.bias.to(x.dtype)
         for layer in layers[1:]:
             x = layer(torch.nn.functional.leaky_relu(x, LEAKY_SLOPE))
         return torch.tanh(x)
@@ -177,7 +183,7 @@ class AlphaVdR(nn.Module):
 
     def coefficients(self, uv: Tensor, d: Tensor, omega: Tensor, w: Tensor, index: Tensor | None = None
                      ) -> tuple[Tensor, Tensor]:
-        """uv [N, 2] in [-1, 1], d [N] in [0, 1], omega [N, 2] -> K [N, 3, 4], H [N, 4].
+        """uv [N, 2] in [-1, 1] (texel-centre units), d [N] metric plane depth, omega [N, 2] -> K [N, 3, 4], H [N, 4].
 
         ``w`` is [N, w_dim] (one latent per pair), or [L, w_dim] with ``index`` [N] naming each
         pair's latent, which lets the MLPs apply their first layer to each latent once."""
@@ -194,21 +200,21 @@ class AlphaVdR(nn.Module):
                           positional_encoding(d[:, None].to(uv.dtype), self.depth_freqs)], dim=1)
         return self.mlp_k(k_in, w, index).view(n, 3, 4), self.direction_coefficients(omega.to(uv.dtype), w, index)
 
-    def position_coefficients(self, uv: Tensor, plane_depth01: Tensor, plane: Tensor, w: Tensor, latent: Tensor
+    def position_coefficients(self, uv: Tensor, plane_depth: Tensor, plane: Tensor, w: Tensor, latent: Tensor
                               ) -> Tensor:
-        """K [N, 3, 4] of pairs on a shared set of planes: uv [N, 2], plane_depth01 [P] (normalised
-        depths of the MPI's planes), plane [N] and latent [N] indices into plane_depth01 and w [L, w_dim].
+        """K [N, 3, 4] of pairs on a shared set of planes: uv [N, 2], plane_depth [P] (metric depths
+        of the MPI's planes), plane [N] and latent [N] indices into plane_depth and w [L, w_dim].
 
-        The same function as :meth:`coefficients` with ``d = plane_depth01[plane]``: the first
+        The same function as :meth:`coefficients` with ``d = plane_depth[plane]``: the first
         layer's (gamma(d), w) part is evaluated once per (plane, latent) combination and gathered.
         """
-        n, p, n_latents = uv.shape[0], plane_depth01.shape[0], w.shape[0]
-        _require(uv.shape == (n, 2) and plane.shape == (n,) and latent.shape == (n,) and plane_depth01.ndim == 1
+        n, p, n_latents = uv.shape[0], plane_depth.shape[0], w.shape[0]
+        _require(uv.shape == (n, 2) and plane.shape == (n,) and latent.shape == (n,) and plane_depth.ndim == 1
                  and w.ndim == 2 and w.shape[1] == self.w_dim,
-                 f"position_coefficients expects uv [N, 2], plane_depth01 [P], plane [N], w [L, {self.w_dim}], "
-                 f"latent [N]; got {tuple(uv.shape)}, {tuple(plane_depth01.shape)}, {tuple(plane.shape)}, "
+                 f"position_coefficients expects uv [N, 2], plane_depth [P], plane [N], w [L, {self.w_dim}], "
+                 f"latent [N]; got {tuple(uv.shape)}, {tuple(plane_depth.shape)}, {tuple(plane.shape)}, "
                  f"{tuple(w.shape)}, {tuple(latent.shape)}")
-        depth_enc = positional_encoding(plane_depth01[:, None].to(uv.dtype), self.depth_freqs)  # [P, 2 * depth_freqs]
+        depth_enc = positional_encoding(plane_depth[:, None].to(uv.dtype), self.depth_freqs)  # [P, 2 * depth_freqs]
         shared = torch.cat([depth_enc[:, None].expand(p, n_latents, -1),
                             w.to(uv.dtype)[None].expand(p, n_latents, -1)], dim=2).reshape(p * n_latents, -1)
         return self.mlp_k(positional_encoding(uv, self.pos_freqs), shared, plane * n_latents + latent).view(n, 3, 4)
@@ -325,7 +331,6 @@ class GMNRConfig(GMPIConfig):
     vdr_h_hidden: int = 64
     vdr_h_layers: int = 2
     vdr_zero_init: bool = False          # start as an exact no-op (GMPI), see AlphaVdR.zero_output_
-    vdr_strict_clip: bool = False        # True: clip(c + KH, 0, 1) always; False: never clip c itself
 
     def __post_init__(self):
         _require(0.0 <= self.vdr_fraction <= 1.0, f"vdr_fraction must be in [0, 1], got {self.vdr_fraction}")
@@ -370,39 +375,45 @@ class GMNRGenerator(GMPIGenerator):
             return [slice(0, n)]
         return [slice(s, s + self.INFERENCE_CHUNK) for s in range(0, n, self.INFERENCE_CHUNK)]
 
-    def render(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, n_planes: int | None = None,
-               noise_mode: str = "const", generator: torch.Generator | None = None,
-               vdr_views: Tensor | None = None) -> dict[str, Tensor]:
-        """As :meth:`GMPIGenerator.render`, with view-dependent colour at the sampled pairs.
+    def synthesize(self, ws: Tensor, n_planes: int, noise_mode: str = "const") -> dict[str, Tensor]:
+        """GMPI's MPI plus ``w`` [B, w_dim], the latent alpha-VdR reads (published: ``ws[:, 0]``)."""
+        mpi = super().synthesize(ws, n_planes, noise_mode)
+        mpi["w"] = ws[:, 0]
+        return mpi
+
+    def render_mpi(self, mpi: dict[str, Tensor], cam2world: Tensor, intrinsics: Tensor | None = None,
+                   return_planes: bool = False, generator: torch.Generator | None = None,
+                   vdr_views: Tensor | None = None) -> dict[str, Tensor]:
+        """As :meth:`GMPIGenerator.render_mpi`, with view-dependent colour at the sampled pairs;
+        the dict also holds ``n_sampled`` [B * V].
 
         ``generator`` drives the pair sampling; ``vdr_views`` (bool [B * V]) limits the
-        view-dependent colour to those views (the others are GMPI's render of the same MPI). The VdR
-        latent is ``ws[:, -1]`` (the style the last ToRGB reads; all rows are equal without style
-        mixing). With VdR off (switch, fraction 0 or ``inference_vdr='off'`` in eval mode) this is
-        GMPI's render, bit for bit.
+        view-dependent colour to those views (the others are GMPI's render of the same MPI). With
+        VdR off (switch, fraction 0 or ``inference_vdr='off'`` in eval mode) this is GMPI's render,
+        bit for bit.
         """
         fraction = self.vdr_fraction()
-        out = super().render(ws, cam2world, intrinsics, noise_mode=noise_mode, n_planes=n_planes,
-                             return_planes=fraction > 0.0)
+        out = super().render_mpi(mpi, cam2world, intrinsics, return_planes=return_planes or fraction > 0.0)
         views = out["image"].shape[0]
         if fraction == 0.0:
             out["n_sampled"] = torch.zeros(views, dtype=torch.long, device=out["image"].device)
             return out
-        grid, rgb_t = out.pop("grid"), out.pop("rgb_planes")
+        grid, rgb_t = (out["grid"], out["rgb_planes"]) if return_planes else (out.pop("grid"), out.pop("rgb_planes"))
         pairs = sample_pairs(out["weights"], fraction, self.cfg.vdr_threshold, generator, vdr_views)
         if pairs.batch.numel() > 0:
-            out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, ws[:, -1], cam2world)
+            out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, mpi["w"], cam2world)
         out["n_sampled"] = torch.bincount(pairs.batch, minlength=views)
         return out
 
     def _vdr_correction(self, pairs: SampledPairs, grid: Tensor, rgb_t: Tensor, out: dict[str, Tensor],
                         w: Tensor, cam2world: Tensor) -> Tensor:
         """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour."""
-        image, depths = out["image"], out["plane_depths"]
+        image, depths = out["image"], out["plane_depths"].to(grid)                              # [P] metric
         views, res = image.shape[0], image.shape[-1]
         per_latent = views // w.shape[0]
-        near, far = self.cfg.depth_range
-        depth01 = ((depths - near) / (far - near)).to(grid)                                     # [P]
+        # grid is in grid_sample's align_corners=False units (+-1 at the texture's outer edges); the
+        # published uv is in align_corners=True units (+-1 at the outer texel centres)
+        to_texel_centre_units = res / (res - 1)
         # H once per target pixel (a ray's direction is the same on every plane), gathered per pair
         omega = canonical_pixel_directions(out["src_cam2world"], cam2world, out["k_tgt"], (res, res))
         omega = omega[..., :2].reshape(-1, 2).to(grid.dtype)
@@ -414,16 +425,11 @@ class GMNRGenerator(GMPIGenerator):
             chunk = SampledPairs(*(t[c] for t in pairs))
             pixel = (chunk.batch * res + chunk.y) * res + chunk.x
             # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
-            uv = gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk).clamp(-1.0, 1.0)             # [N, 2]
-            k = self.vdr.position_coefficients(uv, depth01, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
+            uv = (gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk) * to_texel_centre_units).clamp(-1.0, 1.0)  # [N, 2]
+            k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
             delta = (k * gather_rows(h_pixels, pixel).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
-            c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1] units
-            shifted = c01 + delta.to(c01)
-            if self.cfg.vdr_strict_clip:
-                new = shifted.clamp(0.0, 1.0)
-            else:  # clip the offset's effect to [0, 1] without moving a base colour already outside it
-                new = torch.clamp(shifted, torch.minimum(c01, torch.zeros_like(c01)),
-                                  torch.maximum(c01, torch.ones_like(c01)))
+            c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1]
+            new = (c01 + delta.to(c01)).clamp(0.0, 1.0)
             # compositing [-1, 1] colours 2c' - 1 instead of 2c - 1 adds 2 w (c' - c) per pair
             contrib = 2.0 * gather_pairs(out["weights"], chunk) * (new - c01)
             correction.index_add_(0, pixel, contrib.to(image))
@@ -434,4 +440,4 @@ class GMNRGenerator(GMPIGenerator):
                 ) -> dict[str, Tensor]:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B, {self.z_dim}], got {tuple(z.shape)}"
         ws = self.mapping(z, None, truncation_psi=truncation_psi)
-        return self.render(ws, cam2world, intrinsics, n_planes, noise_mode, generator)
+        return self.render(ws, cam2world, intrinsics, n_planes, noise_mode, generator=generator)

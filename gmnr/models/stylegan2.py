@@ -733,18 +733,55 @@ class DiscriminatorEpilogue(nn.Module):
         return x
 
 
+class LabelProjection(nn.Module):
+    """GMPI's label embedding of a conditioned discriminator: one plain ``nn.Linear(c_dim, cmap_dim)``
+    followed by normalize_2nd_moment (apple/ml-gmpi ``networks_cond_on_pos_enc.py:Discriminator``,
+    ``D_stylegan2_ori_mapping: False``), not NVlabs' 8-layer label mapping network.
+
+    Initialised so that the conditioned discriminator starts *exactly* as the unconditional one it
+    is copied from, for every label: weight 0 and a bias whose normalised vector n has
+    sum(n) / sqrt(cmap_dim) = 1, so with the output rows all equal to the pretrained logit row,
+    (out * n).sum() / sqrt(cmap_dim) is the pretrained logit. (The published code keeps
+    PyTorch's random init here, so its D starts as the pretrained D times a random factor of the
+    camera that can be negative; gradients still reach the weight, so the camera dependence is
+    learned from the first step.)"""
+
+    def __init__(self, c_dim: int, cmap_dim: int):
+        super().__init__()
+        self.c_dim, self.cmap_dim = c_dim, cmap_dim
+        self.linear = nn.Linear(c_dim, cmap_dim)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.copy_(self.neutral_embedding(cmap_dim))
+
+    @staticmethod
+    def neutral_embedding(k: int) -> torch.Tensor:
+        """A vector with mean square 1 (a fixed point of normalize_2nd_moment) and sum sqrt(k):
+        1 / sqrt(k) along the all-ones direction plus sqrt(k - 1) along a unit vector orthogonal to it."""
+        n = torch.full((k,), 1 / math.sqrt(k))
+        if k > 1:
+            e = torch.zeros(k)
+            e[0], e[1] = 1 / math.sqrt(2), -1 / math.sqrt(2)
+            n = n + math.sqrt(k - 1) * e
+        return n
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        _assert_shape(c, [None, self.c_dim], "LabelProjection c [B, c_dim]")
+        return normalize_2nd_moment(self.linear(c.to(self.linear.weight.dtype)))
+
+
 class Discriminator(nn.Module):
     """StyleGAN2 residual discriminator, conditioned by projection on a label `c`.
 
     For the 3D-aware GANs c is the camera (flattened 4x4 world-to-camera matrix, c_dim=16), so
     the discriminator judges whether the image is real *for that viewpoint*; the label goes
-    through a MappingNetwork (z_dim=0) to cmap_dim. Returns logits [B, 1].
+    through :class:`LabelProjection` to cmap_dim. Returns logits [B, 1].
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int = 3, architecture: str = "resnet",
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
                  conv_clamp: float | None = None, cmap_dim: int | None = None, block_kwargs: dict | None = None,
-                 mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None):
+                 epilogue_kwargs: dict | None = None):
         super().__init__()
         if img_resolution < 8 or not _is_power_of_two(img_resolution):
             raise ValueError(f"img_resolution must be a power of two >= 8, got {img_resolution}")
@@ -767,8 +804,7 @@ class Discriminator(nn.Module):
                                        resolution=res, **(block_kwargs or {}), **common)
             setattr(self, f"b{res}", block)
         if c_dim > 0:
-            self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
-                                          **(mapping_kwargs or {}))
+            self.mapping = LabelProjection(c_dim, cmap_dim)
         self.b4 = DiscriminatorEpilogue(self.channels_dict[4], cmap_dim=cmap_dim, resolution=4,
                                         **(epilogue_kwargs or {}), **common)
 
@@ -781,5 +817,5 @@ class Discriminator(nn.Module):
         cmap = None
         if self.c_dim > 0:
             _assert_shape(c, [img.shape[0], self.c_dim], "Discriminator c [B, c_dim]")
-            cmap = self.mapping(None, c)
+            cmap = self.mapping(c)
         return self.b4(x, cmap)

@@ -1,20 +1,23 @@
 """Multiplane-image (MPI) rendering as pure tensor functions (GMPI's fast renderer).
 
 Geometry (GMPI): P fronto-parallel planes live in the frame of a *canonical* camera, the
-dataset's frontal camera ``camera.pose_to_cam2world(0, 0, 0, radius, center)`` with intrinsics
-``camera.intrinsics_from_fov``. Plane ``i`` is the set ``z = d_i`` in that camera's (OpenCV) frame
-and spans exactly the canonical frustum at that depth, so its texture is an image of the canonical
-view's size: texel centre ``(j + 0.5, i + 0.5)`` is the point that the canonical camera sees at
-that pixel. Rendering a target view warps every plane with its plane-induced homography
-(bilinear, zeros outside the plane) and composites front to back:
-``w_i = a_i * prod_{j<i} (1 - a_j + 1e-10)``, ``rgb = sum_i w_i c_i``, ``depth = sum_i w_i z_i``.
-Everything is O(P * H * W); no tensor carries a 3x3 matrix per pixel.
+dataset's frontal camera ``camera.pose_to_cam2world(0, 0, 0, radius, center)``. Plane ``i`` is the
+set ``z = d_i`` in that camera's (OpenCV) frame. Each plane has its own texture extent, given as
+source intrinsics: ``src_K`` [3, 3] (every plane spans the canonical frustum; the texture is an
+image of the canonical view) or per plane ``[B|1, P, 3, 3]`` (GMPI's *confined volume*, see
+:func:`confined_plane_extents` and :func:`plane_texture_intrinsics`). Texel centre ``(j + 0.5,
+i + 0.5)`` of plane i is the point that ``src_K[i]`` projects to that pixel. Rendering a target view
+warps every plane with its plane-induced homography (bilinear, zeros outside the plane) and
+composites front to back: ``w_i = a_i * prod_{j<i} (1 - a_j + 1e-10)``, ``rgb = sum_i w_i c_i``,
+``depth = sum_i w_i z_i``. Everything is O(P * H * W); no tensor carries a 3x3 matrix per pixel.
 
 Conventions follow :mod:`gmnr.render.camera`: ``cam2world`` [B, 4, 4] (OpenCV frame), intrinsics
 in pixel units of the image they describe (``src_K`` for the texture size, ``tgt_K`` for the
 output size), pixel centres at ``i + 0.5``. Camera/intrinsic batches of size 1 broadcast.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +107,17 @@ def _as_intrinsics(k: Tensor, like: Tensor, name: str) -> Tensor:
     return k.to(dtype=like.dtype, device=like.device).reshape(-1, 3, 3)
 
 
+def _as_source_intrinsics(k: Tensor, like: Tensor, n_planes: int) -> Tensor:
+    """Source (texture) intrinsics as [B|1, P|1, 3, 3]: one matrix for every plane ([3, 3] or
+    [B, 3, 3]) or one per plane ([B|1, P, 3, 3], GMPI's per-plane extents)."""
+    k = torch.as_tensor(k)
+    if k.ndim == 4:
+        _require(k.shape[-2:] == (3, 3) and k.shape[1] == n_planes,
+                 f"per-plane src_K must be [B, P, 3, 3] with P={n_planes}, got {_shape(k)}")
+        return k.to(dtype=like.dtype, device=like.device)
+    return _as_intrinsics(k, like, "src_K")[:, None]
+
+
 def _batch_size(*sizes: int) -> int:
     batch = max(sizes)
     _require(all(s in (1, batch) for s in sizes), f"batch sizes {sizes} do not broadcast")
@@ -132,6 +146,9 @@ def plane_homographies(src_cam2world: Tensor, src_K: Tensor, tgt_cam2world: Tens
                        depths: Tensor) -> Tensor:
     """Homographies [B, P, 3, 3] taking target pixels (u, v, 1) to source/texture pixels per plane.
 
+    ``src_K`` is [3, 3], [B, 3, 3] (the same texture extent on every plane) or [B|1, P, 3, 3] (one per
+    plane); K_s below is plane i's.
+
     Derivation. Let ``[R | t] = src_cam2world^-1 tgt_cam2world`` map target camera coordinates
     X_t to source ones, X_s = R X_t + t, and let plane i be e3^T X_s = d_i. The ray of target pixel
     x is X_t = z K_t^-1 x. On the plane e3^T (R X_t + t) = d_i, i.e. r3^T X_t = d_i - t_z =: delta_i
@@ -147,16 +164,16 @@ def plane_homographies(src_cam2world: Tensor, src_K: Tensor, tgt_cam2world: Tens
     the plane is hit in front of the target camera. :func:`warp_planes` relies on this scale.
     """
     rel = relative_pose(src_cam2world, tgt_cam2world)
-    k_s = _as_intrinsics(src_K, rel, "src_K")
-    k_t = _as_intrinsics(tgt_K, rel, "tgt_K")
     d = _as_depths(depths, rel)
+    k_s = _as_source_intrinsics(src_K, rel, d.shape[1])  # [B|1, P|1, 3, 3]
+    k_t = _as_intrinsics(tgt_K, rel, "tgt_K")
     _batch_size(rel.shape[0], k_s.shape[0], k_t.shape[0], d.shape[0])
     r, t = rel[:, :3, :3], rel[:, :3, 3]
     delta = d - t[:, 2:3]  # [B, P]
     eps = torch.finfo(delta.dtype).eps
     delta = torch.where(delta.abs() < eps, torch.full_like(delta, eps), delta)  # plane through the camera centre
     plane = r[:, None] + t[:, None, :, None] * r[:, None, 2:3, :] / delta[..., None, None]  # [B, P, 3, 3]
-    return k_s[:, None] @ plane @ torch.linalg.inv(k_t)[:, None]
+    return k_s @ plane @ torch.linalg.inv(k_t)[:, None]
 
 
 def pixel_centres(out_hw: tuple[int, int], like: Tensor) -> Tensor:
@@ -198,6 +215,75 @@ def plane_depth_in_target(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt_K: T
     z = torch.where(mask, 1.0 / torch.where(mask, inv_z, torch.ones_like(inv_z)), torch.zeros_like(inv_z))
     shape = (batch, d.shape[1], 1, *out_hw)
     return z.unsqueeze(2).expand(shape), mask.unsqueeze(2).expand(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Plane extents (GMPI's confined volume)
+# --------------------------------------------------------------------------------------------
+
+def confined_plane_extents(depths: Tensor, fov_deg: float, radius: float, center, yaw_max: float,
+                           pitch_max: float, enlarge: float = 1.001, grid: int = 100) -> Tensor:
+    """Half-extents [P, 2] (x, y, metres in the canonical frame) of the planes of an MPI that every
+    camera of a pose box sees through, as GMPI sizes them
+    (``gmpi/utils/mpi_utils.py:compute_plane_dhws_given_cam_pose_spatial_range_confined``).
+
+    Cameras look at ``center`` from distance ``radius`` (:func:`camera.pose_to_cam2world`, roll 0)
+    with yaw in [-yaw_max, yaw_max] and pitch in [-pitch_max, pitch_max] (GMPI: +-n_truncated_stds
+    sigma), sampled on a ``grid`` x ``grid`` lattice that includes the corners (GMPI: 100 x 100).
+    The four corner rays of each camera's frustum (image corners, not pixel centres) are
+    intersected with the farthest plane; the background (last) plane spans the largest |x| and |y|
+    of all of them, times ``enlarge`` (GMPI: 1.001), so no camera in the box sees past it. Every
+    other plane spans the canonical camera's frustum at the farthest depth (GMPI's "confined"
+    size; the same world size on every plane). The extents are of texel *centres* (GMPI samples
+    with align_corners=True): :func:`plane_texture_intrinsics` turns them into per-plane src_K.
+    Square images (the fov spans both axes).
+    """
+    d = torch.as_tensor(depths, dtype=torch.float64).reshape(-1)
+    _require(d.numel() >= 2 and bool((d > 0).all()), f"depths must be [P] > 0 with P >= 2, got {_shape(d)}")
+    _require(yaw_max >= 0 and pitch_max >= 0 and enlarge >= 1 and grid >= 2,
+             f"need yaw_max, pitch_max >= 0, enlarge >= 1, grid >= 2; got {yaw_max}, {pitch_max}, {enlarge}, {grid}")
+    from gmnr.render.camera import pose_to_cam2world
+    far = float(d[-1])
+    tan_half = math.tan(math.radians(fov_deg) / 2)
+    yaw, pitch = torch.meshgrid(torch.linspace(-yaw_max, yaw_max, grid, dtype=torch.float64),
+                                torch.linspace(-pitch_max, pitch_max, grid, dtype=torch.float64), indexing="ij")
+    cams = pose_to_cam2world(yaw.reshape(-1), pitch.reshape(-1), 0.0, radius, center)
+    canonical = pose_to_cam2world(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 0.0,
+                                  radius, center)
+    rel = torch.linalg.solve(canonical, cams)  # camera -> canonical coordinates
+    corners = torch.tensor([[sx * tan_half, sy * tan_half, 1.0] for sx in (-1, 1) for sy in (-1, 1)],
+                           dtype=torch.float64)  # corner rays in camera coordinates
+    dirs = torch.einsum("nij,kj->nki", rel[:, :3, :3], corners)  # [N, 4, 3]
+    origin = rel[:, None, :3, 3]
+    _require(bool((dirs[..., 2] > 0).all()), "a camera of the pose box looks away from the planes")
+    hit = origin + (far - origin[..., 2:]) / dirs[..., 2:] * dirs
+    background = hit[..., :2].abs().amax(dim=(0, 1)) * enlarge
+    front = torch.tensor([far * tan_half, far * tan_half], dtype=torch.float64)
+    out = front.expand(d.numel(), 2).clone()
+    out[-1] = background
+    return out.to(torch.get_default_dtype())
+
+
+def plane_texture_intrinsics(depths: Tensor, half_extents: Tensor, tex_hw: tuple[int, int]) -> Tensor:
+    """Per-plane source intrinsics [P, 3, 3] for textures of ``tex_hw`` whose texel centres span
+    ``+-half_extents`` [P, 2] (x, y) on the planes z = ``depths`` [P] of the canonical frame.
+
+    Texel j's centre (pixel j + 0.5) sits at x = -h + 2 h j / (W - 1), i.e. u = f x / d + W / 2
+    with f = d (W - 1) / (2 h): the first and last texel centres are the plane's edges, as GMPI's
+    grid_sample with align_corners=True has it, so a ray that hits the plane inside +-h reads
+    texels only (never the zero padding)."""
+    tex_hw = _check_hw(tex_hw, "tex_hw")
+    h_tex, w_tex = tex_hw
+    _require(min(tex_hw) >= 2, f"textures need >= 2 texels per side, got {tex_hw}")
+    d = torch.as_tensor(depths).reshape(-1)
+    ext = torch.as_tensor(half_extents).to(d)
+    _require(ext.shape == (d.numel(), 2) and bool((ext > 0).all()),
+             f"half_extents must be [P, 2] = [{d.numel()}, 2] > 0, got {_shape(ext)}")
+    k = torch.zeros(d.numel(), 3, 3, dtype=d.dtype, device=d.device)
+    k[:, 0, 0] = d * (w_tex - 1) / (2 * ext[:, 0])
+    k[:, 1, 1] = d * (h_tex - 1) / (2 * ext[:, 1])
+    k[:, 0, 2], k[:, 1, 2], k[:, 2, 2] = w_tex / 2, h_tex / 2, 1.0
+    return k
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,13 +355,17 @@ def warp_planes(rgba: Tensor, homographies: Tensor, out_hw: tuple[int, int]) -> 
 
 def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor, src_K: Tensor,
                tgt_cam2world: Tensor, tgt_K: Tensor, out_hw: tuple[int, int],
-               return_planes: bool = False) -> dict[str, Tensor]:
+               return_planes: bool = False, background: Tensor | None = None) -> dict[str, Tensor]:
     """Render an MPI from target cameras.
 
     rgb: per-plane colours [B, P, C, Hs, Ws] or GMPI's single image shared by all planes
-    [B, C, Hs, Ws] (C = 3 for colour; feature maps work too); alpha [B, P, 1, Hs, Ws]; depths [P] (or [B, P]) near to far, in the canonical
-    (source) camera frame, all > 0; cameras [B, 4, 4], intrinsics [3, 3] or [B, 3, 3] in pixel units of the
-    texture (src) and output (tgt) sizes. MPI and camera batches of size 1 broadcast.
+    [B, C, Hs, Ws] (C = 3 for colour; feature maps work too); ``background`` [B, C, Hs, Ws], with a
+    shared ``rgb`` only: the colour of the last (background) plane, which then does not share
+    ``rgb`` (GMPI builds it from the image's border features). alpha [B, P, 1, Hs, Ws]; depths [P]
+    (or [B, P]) near to far, in the canonical (source) camera frame, all > 0; cameras [B, 4, 4];
+    ``tgt_K`` [3, 3] or [B, 3, 3] in pixel units of the output size; ``src_K`` in pixel units of the
+    texture, [3, 3], [B, 3, 3] or per plane [B|1, P, 3, 3] (see :func:`plane_homographies`). MPI and
+    camera batches of size 1 broadcast.
 
     Returns ``rgb`` [B, C, H, W], ``depth`` [B, 1, H, W] (target-camera z, not normalised by the
     accumulated alpha), ``weights`` [B, P, 1, H, W] and ``alpha_acc`` [B, 1, H, W] = sum of weights;
@@ -289,13 +379,19 @@ def render_mpi(rgb: Tensor, alpha: Tensor, depths: Tensor, src_cam2world: Tensor
     ok = rgb.ndim in (4, 5) and rgb.shape[0] == b and rgb.shape[-2:] == (hs, ws) and (shared or rgb.shape[1] == p)
     _require(ok, f"rgb must be [B, P, C, Hs, Ws] = [{b}, {p}, C, {hs}, {ws}] or shared [B, C, Hs, Ws] = "
                  f"[{b}, C, {hs}, {ws}] to match alpha {_shape(alpha)}, got {_shape(rgb)}")
+    _require(background is None or (shared and background.shape == rgb.shape),
+             f"background must be [B, C, Hs, Ws] = {_shape(rgb)} and needs a shared rgb [B, C, Hs, Ws], "
+             f"got {None if background is None else _shape(background)} with rgb {_shape(rgb)}")
     d = torch.as_tensor(depths)
     _require(d.ndim in (1, 2) and d.shape[-1] == p, f"depths must be [P] or [B, P] with P={p}, got {_shape(d)}")
     homographies = plane_homographies(src_cam2world, src_K, tgt_cam2world, tgt_K, depths)
     batch = _batch_size(b, homographies.shape[0])
     grid = _plane_grid(homographies, (hs, ws), out_hw).expand(batch, p, *out_hw, 2)
     alpha_t = _sample_planes(alpha, grid)
-    rgb_t = _sample_shared(rgb, grid) if shared else _sample_planes(rgb, grid)
+    if background is not None:
+        rgb_t = torch.cat([_sample_shared(rgb, grid[:, :-1]), _sample_planes(background[:, None], grid[:, -1:])], 1)
+    else:
+        rgb_t = _sample_shared(rgb, grid) if shared else _sample_planes(rgb, grid)
     z, _ = plane_depth_in_target(src_cam2world, tgt_cam2world, tgt_K, depths, out_hw)
     image, depth, weights = composite(rgb_t, alpha_t, z.to(alpha_t))
     out = {"rgb": image, "depth": depth, "weights": weights, "alpha_acc": weights.sum(dim=1)}

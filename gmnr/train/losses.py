@@ -1,9 +1,12 @@
 """GAN losses as objects that own their phases; the training loop only calls them.
 
-Non-saturating logistic loss (Goodfellow et al. 2014, as in StyleGAN2), lazy R1 on real
-images (Mescheder et al. 2018), and GMPI's generator objective: each latent is rendered from N
-views sampled from the pose prior and scored on its worst (least realistic) view. GMNR adds
-a view-consistency term (:class:`ViewConsistency`) to the generator's loss.
+Non-saturating logistic loss (Goodfellow et al. 2014, as in StyleGAN2), R1 on real images
+(Mescheder et al. 2018; every step in GMPI's code, lazily every N steps when asked), and GMPI's
+generator objective (apple/ml-gmpi ``gmpi/train.py``, ``train_helpers.py:find_worst_view_per_z``):
+each latent is rendered from N views sampled from the pose prior and scored on its worst (least
+realistic) view; D sees one view per latent. GMPI lights its fake MPIs with random directional
+light from step 1000 on (:class:`Shading`). GMNR adds a view-consistency term
+(:class:`ViewConsistency`) on the worst view and its yaw mirror.
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gmnr.models.factory import world2cam_label
+from gmnr.models.factory import camera_label
 from gmnr.render.camera import pose_to_cam2world, sample_pose_prior
+from gmnr.render.shading import shade_colours, shading_map
 from gmnr.render.warp import backward_warp, mirrored_view, photometric_loss
 
 
@@ -30,6 +34,50 @@ class PosePrior:
         pose = sample_pose_prior(n, self.yaw_std, self.pitch_std, self.truncation, generator=generator,
                                  dtype=torch.float32)
         return pose_to_cam2world(pose["yaw"], pose["pitch"], 0.0, self.radius, self.center).to(device)
+
+
+@dataclass(frozen=True)
+class Shading:
+    """GMPI's shading-guided training (``aug_with_lighting*`` and ``light_renderer.py``): from step
+    ``start`` on, every fake MPI's colours are multiplied by ``r * (ambient + diffuse * lambert)``
+    with ``r`` ramping linearly from 0 to 1 over ``grow`` steps, for a light on the camera sphere
+    at yaw ~ N(0, light_yaw_std), pitch ~ N(light_pitch_mean, light_pitch_std), both truncated at
+    2 std. The published ramp counts the light renderer's calls, two per iteration (D and G
+    step), so its 1000 calls are 500 iterations here."""
+    start: int = 1000
+    grow: int = 500
+    ambient: float = 0.9
+    diffuse: float = 0.1
+    light_yaw_std: float = 0.2
+    light_pitch_mean: float = 0.2
+    light_pitch_std: float = 0.05
+    radius: float = 1.0
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def strength(self, step: int) -> float:
+        """The ramp r at ``step`` (0 before ``start``: no shading)."""
+        if step <= self.start:  # published: applied while discriminator.step > start_iter
+            return 0.0
+        return min(1.0, (step - self.start) / max(1, self.grow))
+
+    def light_directions(self, n: int, canonical_cam2world: torch.Tensor) -> torch.Tensor:
+        """Unit light directions [n, 3] (from the light towards the sphere centre) in the canonical
+        camera's frame, drawn from the global RNG (seeded per step by the trainer)."""
+        angles = sample_pose_prior(n, self.light_yaw_std, self.light_pitch_std, 2.0, dtype=torch.float32)
+        light = pose_to_cam2world(angles["yaw"], angles["pitch"] + self.light_pitch_mean, 0.0, self.radius,
+                                  self.center)[:, :3, 3].to(canonical_cam2world)
+        direction = torch.nn.functional.normalize(torch.tensor(self.center).to(light) - light, dim=-1)
+        return direction @ canonical_cam2world.reshape(4, 4)[:3, :3]  # world -> canonical: R^T d
+
+    def apply(self, G, mpi: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """The MPI with shaded colours (the same multiplier on every plane, as GMPI), or as it is."""
+        r = self.strength(step)
+        if r == 0.0:
+            return mpi
+        light = self.light_directions(mpi["rgb"].shape[0], G.canonical_cam2world)
+        shading = r * shading_map(mpi["alpha"], mpi["depths"], G.plane_half_extents[-1], light,
+                                  self.ambient, self.diffuse)
+        return {**mpi, "rgb": shade_colours(mpi["rgb"], shading), "background": shade_colours(mpi["background"], shading)}
 
 
 class ViewConsistency:
@@ -67,23 +115,38 @@ class ViewConsistency:
 
 
 class GMPILoss:
+    """``label_frame``: the cam2world [4, 4] of the frame D's camera labels are expressed in (GMPI's
+    world frame is its canonical camera's)."""
+
     def __init__(self, G, D, r1_gamma: float, views_per_latent: int, noise_mode: str, autocast,
-                 consistency: ViewConsistency | None = None):
+                 label_frame: torch.Tensor, consistency: ViewConsistency | None = None,
+                 shading: Shading | None = None):
         self.G, self.D = G, D
+        self.label_frame = label_frame
         self.r1_gamma = r1_gamma
         self.views = views_per_latent
         self.noise_mode = noise_mode
         self.autocast = autocast
         self.consistency = consistency
+        self.shading = shading
+        self.step = 0
+
+    def set_step(self, step: int, stage, fade: float) -> None:
+        self.step = step
+
+    def _mpi(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The (shaded, from the shading start on) MPI of each latent, at the training plane count."""
+        ws = self.G.mapping(z, None)
+        mpi = self.G.synthesize(ws, self.G.cfg.planes_train, noise_mode=self.noise_mode)
+        return self.shading.apply(self.G, mpi, self.step) if self.shading is not None else mpi
 
     def _render(self, z: torch.Tensor, cam2world: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            ws = self.G.mapping(z, None)
-            return self.G.render(ws, cam2world, noise_mode=self.noise_mode)["image"]
+            return self.G.render_mpi(self._mpi(z), cam2world)["image"]
 
     def _score(self, image: torch.Tensor, cam2world: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.D(image, world2cam_label(cam2world)).float().squeeze(1)
+            return self.D(image, camera_label(cam2world, self.label_frame)).float().squeeze(1)
 
     def generator_loss(self, z: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """z [B, z_dim], cam2world [B * N, 4, 4] (N views per latent, latent-major)."""
@@ -91,25 +154,23 @@ class GMPILoss:
         assert cam2world.shape[0] == b * v, \
             f"generator_loss needs {v} views per latent, got cam2world {tuple(cam2world.shape)}"
         consistency = self.consistency if self.consistency is not None and self.consistency.weight > 0 else None
-        cams = cam2world.reshape(b, v, 4, 4)
-        extra = {}
-        if consistency is not None:  # the second view of each latent's first view joins the same render
-            second_cams = consistency.second_cameras(cams[:, 0])
-            cams = torch.cat([cams, second_cams[:, None]], dim=1)
-            extra["vdr_views"] = (torch.arange(v + 1, device=z.device) < v).repeat(b)  # not on the second view
         with self.autocast():
-            ws = self.G.mapping(z, None)
-            out = self.G.render(ws, cams.reshape(-1, 4, 4), noise_mode=self.noise_mode, **extra)
-        images = out["image"].reshape(b, cams.shape[1], *out["image"].shape[1:])
-        logits = self._score(images[:, :v].reshape(b * v, *images.shape[2:]), cam2world).reshape(b, v)
-        worst = logits.min(dim=1).values
+            mpi = self._mpi(z)
+            out = self.G.render_mpi(mpi, cam2world)
+        logits = self._score(out["image"], cam2world).reshape(b, v)
+        worst, index = logits.min(dim=1)
         loss = F.softplus(-worst).mean()
         stats = {"loss_G": loss.detach(), "logits_fake_G": worst.detach().mean()}
         if consistency is not None:
-            depth = out["depth"].reshape(b, cams.shape[1], *out["depth"].shape[1:])
+            # GMNR: the worst view and its mirror (published: the worst view's yaw negated), both
+            # from the same MPI; the mirror without view-dependent colour, as published
+            pick = torch.arange(b, device=z.device) * v + index
+            main_cams = cam2world[pick]
+            second_cams = consistency.second_cameras(main_cams)
             with self.autocast():
-                extra, s = consistency(images[:, 0], depth[:, 0], cams[:, 0], images[:, -1], cams[:, -1],
-                                       self.G.canonical_intrinsics(z.device))
+                second = self.G.render_mpi(mpi, second_cams, vdr_views=torch.zeros(b, dtype=torch.bool))
+                extra, s = consistency(out["image"][pick], out["depth"][pick], main_cams, second["image"],
+                                       second_cams, self.G.canonical_intrinsics(z.device))
             loss = loss + extra
             stats.update(s)
         return loss, stats
@@ -125,7 +186,8 @@ class GMPILoss:
                       "logits_fake": logits_fake.detach().mean()}
 
     def r1_loss(self, real: torch.Tensor, real_cam2world: torch.Tensor, interval: int) -> tuple[torch.Tensor, dict]:
-        """gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the lazy interval (StyleGAN2)."""
+        """gamma/2 * E||grad_x D(x)||^2 on reals (GMPI: ``0.5 * r1_lambda * ||grad||^2``, every step),
+        scaled by the interval when it is lazy (StyleGAN2)."""
         real = real.detach().requires_grad_(True)
         logits = self._score(real, real_cam2world)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
