@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 from gmnr.config import ParamsError, load_params, write_schema
+from gmnr.staging import check_outputs_clear_of_inputs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,6 +126,7 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
     if args.command == "evaluate":
         from gmnr.eval.evaluate import evaluate
         checkpoint, real = args.checkpoint or params.run_dir() / "final.pt", args.input or params.processed_dir()
+        check_outputs_clear_of_inputs([args.output], [checkpoint, real])
         if not checkpoint.is_file():  # before anything else: every metric needs it, even the init baseline's config
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train first, or pass --checkpoint)")
         if params.evaluate.with_init and not args.baseline:  # the baselines first: the table shows them all
@@ -132,13 +137,15 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         return evaluate(params, checkpoint, real, args.output, args.baseline, progress)
     if args.command == "export-weights":
         from gmnr.models.pretrained import export_weights
-        return export_weights(args.checkpoint or params.run_dir() / "final.pt", args.output, args.dtype)
+        checkpoint = args.checkpoint or params.run_dir() / "final.pt"
+        check_outputs_clear_of_inputs([args.output], [checkpoint])
+        return export_weights(checkpoint, args.output, args.dtype)
     if args.command == "compare":
         from gmnr.eval.compare import run_compare
         return run_compare(params, args.output or Path(params.paths.results), args.backends)
     if args.command == "render":
-        return stages.run_render(params, args.checkpoint or params.run_dir() / "final.pt",
-                                 args.output or params.run_dir() / "render", progress)
+        return stages.run_render_staged(params, args.checkpoint or params.run_dir() / "final.pt",
+                                        args.output or params.run_dir() / "render", progress)
     image_dir = args.input or params.raw_dir()
     if args.command == "landmarks":
         return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)
@@ -166,8 +173,16 @@ def _train(args: argparse.Namespace, params, progress: bool) -> dict | None:
             raise RuntimeError(f"torchrun exited with status {code}")
         return None
     from gmnr.train.loop import train
-    return train(params, args.input or params.processed_dir(), args.output or params.run_dir(), progress,
-                 stop_after=args.stop_after)
+    data, run_dir = args.input or params.processed_dir(), args.output or params.run_dir()
+    check_outputs_clear_of_inputs([run_dir], [data])
+    return train(params, data, run_dir, progress, stop_after=args.stop_after)
+
+
+# What a user's input can cause: one line naming the file or key, exit 2, never a traceback.
+# UnpicklingError covers UnsafePickleError (a refused global); OSError a permission, a full disk,
+# a file that vanished; the archive errors a damaged zip or tar.
+EXPECTED_ERRORS = (ParamsError, KeyError, ValueError, RuntimeError, OSError, pickle.UnpicklingError,
+                   tarfile.TarError, zipfile.BadZipFile, EOFError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         report = _dispatch(args)
-    except (ParamsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+    except EXPECTED_ERRORS as exc:
         if os.environ.get("GMNR_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -28,8 +29,34 @@ class ParamsError(ValueError):
     """A params problem, already phrased as one line naming the key and what was expected."""
 
 
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_holds_bool(v) for v in value))
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true/false anywhere (bool itself, or Any)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_accepts_bool(arg) for arg in getattr(annotation, "__args__", ()) or ())
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `-S train.lr_g=.inf` validated and then trained a final.pt of NaNs.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false are not numbers: pydantic's lax mode read `-S train.steps=true` as 1 step.
+        (Nested sections check their own fields, so mappings are not looked into here.)"""
+        field = cls.model_fields.get(info.field_name)
+        if field is None:
+            return value
+        if _holds_bool(value) and not _accepts_bool(field.annotation):
+            raise ValueError("expected a number or text, got a boolean (true/false)")
+        if field.annotation is bool and not isinstance(value, bool):  # nor 1, "yes" or "on" for a switch
+            raise ValueError("expected true or false")
+        return value
 
 
 class Paths(Strict):
@@ -62,6 +89,20 @@ class Download(Strict):
     from_dir: str | None = None
     retries: Annotated[int, Field(ge=0, le=100)] = 5
     timeout_s: PositiveFloat = 60.0
+    max_extract_bytes: Annotated[int, Field(gt=0)] = Field(
+        200_000_000_000, description="refuse an archive whose members add up to more bytes than this (FFHQ 1024: 89 GB)")
+    max_extract_ratio: PositiveFloat = Field(
+        100.0, description="refuse an archive that would expand to more than this many times its own size (a zip "
+                           "bomb; image archives are close to 1)")
+
+
+class Images(Strict):
+    """How every data stage reads a user's image (gmnr/data/images.py): one reader, one policy."""
+    max_pixels: Annotated[int, Field(gt=0)] = Field(
+        25_000_000, description="images whose header declares more pixels are refused before decoding "
+                                "(decompression bombs); 25 MP = 5000 x 5000")
+    non_square: Literal["crop", "refuse"] = Field(
+        "crop", description="non-square images: centre-cropped to a square, or refused; counted either way")
 
 
 class Synth(Strict):
@@ -280,11 +321,13 @@ class Params(Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"each model may appear once (it names a pipeline stage), got {value}")
         return value
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = Field(
+        0, description="every random draw derives from it; numpy's seeds stop at 2^32 - 1")
     paths: Paths = Paths()
     cameras: dict[CameraFamily, Camera]
     download: Download = Download()
     synth: Synth = Synth()
+    images: Images = Images()
     landmarks: Landmarks = Landmarks()
     pose: Pose = Pose()
     pack: Pack = Pack()
@@ -302,6 +345,31 @@ class Params(Strict):
         missing = sorted(set(CameraFamily.__args__) - set(self.cameras))
         if missing:
             raise ValueError(f"cameras must define every family; missing {missing}")
+        return self
+
+    @model_validator(mode="after")
+    def _trainable_sizes(self):
+        """Cross-field checks that would otherwise fail late, deep in training, naming no key."""
+        res = self.training_resolution()
+        if res < 4 or res & (res - 1):
+            key = "pack.resolution" if self.pack.resolution is not None else (
+                "synth.resolution (the training resolution while pack.resolution is null)" if self.dataset == "demo"
+                else "pack.resolution")
+            raise ValueError(f"{key} must be a power of two (the generators double 4 px up to it), got {res}")
+        if {self.model, *self.models} & {"gmpi", "gmnr", "stylegan2"}:
+            # The discriminator's minibatch-std layer splits every batch it scores into groups of
+            # gmpi.mbstd_group_size (or the whole batch when smaller); it scores b real and b fake
+            # images per step and b * views_per_latent for the generator (stylegan2: 1 view).
+            group = self.gmpi.mbstd_group_size
+            batch = self.train.batch_per_gpu or (8 if res <= 256 else 4)
+            views = self.train.views_per_latent if {self.model, *self.models} & {"gmpi", "gmnr"} else 1
+            for n, what in ((batch, "train.batch_per_gpu"),
+                            (batch * views, "train.batch_per_gpu x train.views_per_latent")):
+                if n > group and n % group:
+                    raise ValueError(f"{what} = {n} is not a multiple of gmpi.mbstd_group_size = {group}, the "
+                                     f"discriminator's minibatch-std group: make train.batch_per_gpu (now {batch}) "
+                                     f"and train.batch_per_gpu x train.views_per_latent (now {batch * views}) "
+                                     f"multiples of it, or at most it")
         return self
 
     # Derived locations: every stage reads and writes below these, per dataset.
@@ -342,6 +410,8 @@ class Params(Strict):
 def _format_error(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "<top level>"
     kind = err["type"]
+    if not err["loc"] and kind == "value_error":  # a cross-field check: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         return f"unknown key '{key}'"
     if kind == "missing":
@@ -395,7 +465,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ParamsError(f"override '{text}': expected KEY=VALUE, e.g. synth.count=50")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{text}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

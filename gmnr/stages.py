@@ -6,12 +6,12 @@ functions so that ``gmnr landmarks`` never loads torch next to TensorFlow.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from gmnr.config import Params
 from gmnr.io import read_csv, write_csv, write_json
+from gmnr.staging import StagedOutput
 from gmnr.tracking import stage_run
 
 MAX_LISTED = 200  # skipped files listed by name in a report; all are counted
@@ -38,13 +38,10 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
     camera = synth.SynthCamera(fov_deg=cam.fov_deg, radius=cam.radius, yaw_std=cam.yaw_std,
                                pitch_std=cam.pitch_std, truncation=cam.truncation)
     with stage_run("source", params, ("synth", "cameras"), {"source": "synth"}) as run:
+        # Staged and swapped in whole: a smaller count leaves no older image behind, and files
+        # synth did not write are never deleted (gmnr.staging).
         summary = synth.generate(output, params.synth.count, params.synth.resolution, params.seed, camera,
                                  params.synth.roll_std, progress=progress)
-        expected = {f"{i:06d}" for i in range(params.synth.count)}
-        for sub in ("images", "depth"):  # a smaller count must not leave older images behind
-            for f in (output / sub).glob("*"):
-                if f.stem not in expected:
-                    f.unlink()
         report = {"stage": "source", "source": "synth", **summary}
         write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -54,20 +51,24 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
 
 
 def _log_sample_sheet(run, image_dir: Path, out_path: Path, n: int = 24) -> None:
-    from gmnr.data.images import contact_sheet, list_images, read_rgb, write_png_atomic
+    """A contact sheet of the first images of a folder the stage wrote itself (so all one size)."""
+    from gmnr.data.images import ImagePolicy, contact_sheet, list_images, read_rgb, write_png_atomic
     files = list_images(image_dir)[:n]
     if files:
-        write_png_atomic(out_path, contact_sheet([read_rgb(f) for f in files], ncols=6))
+        policy = ImagePolicy(non_square="crop")
+        write_png_atomic(out_path, contact_sheet([read_rgb(f, policy) for f in files], ncols=6))
         run.log_artifact(out_path)
 
 
 def run_download(params: Params, output: Path, reports: Path, downloads: Path, from_dir: str | None,
                  progress: bool = True) -> dict:
     from gmnr.data.download import prepare_dataset
-    with stage_run("source", params, ("download",), {"source": "download"}) as run:
+    d = params.download
+    with stage_run("source", params, ("download", "images"), {"source": "download"}) as run:
         summary = prepare_dataset(params.dataset, output, downloads, Path(from_dir) if from_dir else None,
-                                  progress=progress, retries=params.download.retries,
-                                  timeout_s=params.download.timeout_s)
+                                  progress=progress, retries=d.retries, timeout_s=d.timeout_s,
+                                  max_pixels=params.images.max_pixels, max_extract_bytes=d.max_extract_bytes,
+                                  max_extract_ratio=d.max_extract_ratio)
         report = {"stage": "source", "source": "download", "dataset": params.dataset, **summary}
         write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -75,40 +76,86 @@ def run_download(params: Params, output: Path, reports: Path, downloads: Path, f
     return report
 
 
+def _require(count: int, what: str, table, stage: str) -> None:
+    """Fail fast when a stage found nothing usable: an empty set must not pass with exit 0."""
+    if count:
+        return
+    counts = ", ".join(f"{k}: {v}" for k, v in table.status.value_counts().items()) if len(table) else "no rows"
+    errors = table["error"].dropna() if "error" in table else []
+    first = next((f"; e.g. {f}: {e}" for f, e in zip(table.loc[getattr(errors, "index", []), "file"], errors) if e), "")
+    raise ValueError(f"{what} ({counts}){first}")
+
+
+def _landmarks_legacy(out: Path) -> set[str] | None:
+    """What a landmarks run from before output records can be shown to have written: landmarks.csv
+    with this version's columns, and the keypoint files of its ok rows."""
+    import pandas as pd
+
+    from gmnr.preprocess.landmarks import COLUMNS
+    table = pd.read_csv(out / "landmarks.csv")
+    if not set(COLUMNS) - {"cropped"} <= set(table.columns):
+        return None
+    ok = table[table.status == "ok"].file
+    return {"landmarks.csv", *(f"detections/{Path(f).with_suffix('.txt').as_posix()}" for f in ok)}
+
+
 def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, progress: bool = True) -> dict:
+    from gmnr.data.images import ImagePolicy
     from gmnr.preprocess import landmarks as lm
     settings = lm.DetectorSettings(params.landmarks.min_confidence, params.landmarks.min_face_size,
                                    params.landmarks.batch_size)
-    with stage_run("landmarks", params, ("landmarks",)) as run:
+    policy = ImagePolicy.from_params(params)
+    staged = StagedOutput(output, "landmarks", ["landmarks.csv", "detections"], inputs=[image_dir],
+                          legacy=_landmarks_legacy)
+    staged.preflight()  # before any work: overlap with the images, files landmarks did not write
+    with stage_run("landmarks", params, ("landmarks", "images")) as run:
         start = time.perf_counter()
-        table = lm.run_landmarks(image_dir, settings, progress=progress)
+        table = lm.run_landmarks(image_dir, settings, progress=progress, policy=policy)
         seconds = time.perf_counter() - start
-        write_csv(table, output / "landmarks.csv", float_format="%.3f")
-        if params.landmarks.export_txt:
-            shutil.rmtree(output / "detections", ignore_errors=True)
-            lm.export_keypoint_txt(table, output / "detections")
-        summary = lm.summarize(table, seconds, _ground_truth(image_dir))
+        _require(int((table.status == "ok").sum()), f"no face found in any of the {len(table)} images of {image_dir}",
+                 table, "landmarks")
+        with staged:  # landmarks.csv and detections/ are swapped in together
+            write_csv(table, staged.path("landmarks.csv"), float_format="%.3f")
+            renamed = 0
+            if params.landmarks.export_txt:
+                renamed = lm.export_keypoint_txt(table, staged.path("detections"))["renamed"]
+        summary = {**lm.summarize(table, seconds, _ground_truth(image_dir)), "renamed_name_collisions": renamed}
         report = {"stage": "landmarks", **summary, "skipped": _skipped(table)}
         write_json(report, reports / "landmarks.json")
         run.log_metrics(summary)
         run.log_dict({"skipped": report["skipped"]}, "skipped.json")
-        run.log_artifact(lm.draw_contact_sheet(image_dir, table, reports / "landmarks_sheet.png"))
+        run.log_artifact(lm.draw_contact_sheet(image_dir, table, reports / "landmarks_sheet.png", policy=policy))
     return report
+
+
+def _pose_legacy(out: Path) -> set[str] | None:
+    """A poses.csv from before output records: recognised by this version's columns."""
+    from gmnr.preprocess.pose import POSE_COLUMNS
+    header = (out / "poses.csv").read_text().split("\n", 1)[0].split(",")
+    return {"poses.csv"} if header == POSE_COLUMNS else None
 
 
 def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path, reports: Path,
              progress: bool = True) -> dict:
+    from gmnr.data.images import ImagePolicy
     from gmnr.preprocess import pose
     cam = params.camera()
     camera = pose.CameraModel(cam.fov_deg, cam.radius, tuple(cam.center))
+    staged = StagedOutput(output, "pose", ["poses.csv"], inputs=[image_dir, landmarks_csv], legacy=_pose_legacy)
+    staged.preflight()
     table = read_csv(landmarks_csv, "landmarks table (gmnr landmarks)")
-    with stage_run("pose", params, ("pose", "cameras")) as run:
-        if params.pose.backend == "builtin":
-            poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod, params.pose.shift_sigma_iod,
-                                       params.pose.keypoint_sigma_iod, progress=progress)
-        else:
-            poses = pose.deep3d_poses(params.pose.deep3dfacerecon_root, image_dir, table, camera, output)
-        write_csv(poses, output / "poses.csv", float_format="%.8g")
+    with stage_run("pose", params, ("pose", "cameras", "images")) as run:
+        with staged:
+            if params.pose.backend == "builtin":
+                poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod,
+                                           params.pose.shift_sigma_iod, params.pose.keypoint_sigma_iod,
+                                           progress=progress)
+            else:  # Deep3DFaceRecon's inputs go to scratch space inside the staging folder
+                poses = pose.deep3d_poses(params.pose.deep3dfacerecon_root, image_dir, table, camera,
+                                          staged.work_dir, policy=ImagePolicy.from_params(params))
+            _require(int((poses.status == "ok").sum()),
+                     f"no pose could be estimated from {landmarks_csv} ({len(poses)} rows)", poses, "pose")
+            write_csv(poses, staged.path("poses.csv"), float_format="%.8g")
         summary = pose.summarize(poses, _ground_truth(image_dir))
         report = {"stage": "pose", "backend": params.pose.backend, **summary, "skipped": _skipped(poses)}
         write_json(report, reports / "pose.json")
@@ -121,12 +168,18 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
 
 def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, reports: Path,
              progress: bool = True) -> dict:
-    from gmnr.preprocess.pack import pack_dataset
+    from gmnr.data.images import ImagePolicy
+    from gmnr.preprocess.pack import _legacy_claims, pack_dataset
     cam = params.camera()
+    # Before any work: an output overlapping the raw images or poses.csv, or holding files pack did
+    # not write, is refused (pack_dataset checks again when it swaps its outputs in).
+    StagedOutput(output, "pack", ["images", "dataset.json"], inputs=[image_dir, poses_csv],
+                 legacy=_legacy_claims).preflight()
     poses = read_csv(poses_csv, "poses table (gmnr pose)")
-    with stage_run("pack", params, ("pack", "cameras")) as run:
+    with stage_run("pack", params, ("pack", "cameras", "images")) as run:
         summary = pack_dataset(image_dir, poses, output, params.training_resolution(), cam.fov_deg,
-                               cam.model_dump(mode="json"), params.pack.max_abs_yaw_deg, progress=progress)
+                               cam.model_dump(mode="json"), params.pack.max_abs_yaw_deg, progress=progress,
+                               policy=ImagePolicy.from_params(params), inputs=(poses_csv,))
         report = {"stage": "pack", **summary}
         write_json(report, reports / "pack.json")
         run.log_metrics(summary)
@@ -162,4 +215,30 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
     if state.get("mlflow_run_id"):  # the training run shows its own videos too
         from gmnr.tracking import attach_artifacts
         attach_artifacts(state["mlflow_run_id"], files, "render")
+    return report
+
+
+def _render_legacy(out: Path) -> set[str] | None:
+    """A render folder from before output records: the files its render.json lists, and itself."""
+    import json
+    claims = set()
+    for folder in out.iterdir():
+        report = folder / "render.json"
+        if folder.is_dir() and report.is_file():
+            files = json.loads(report.read_text()).get("files", [])
+            claims |= {f"{folder.name}/render.json", *(f"{folder.name}/{Path(f).name}" for f in files)}
+    return claims or None
+
+
+def run_render_staged(params: Params, checkpoint: Path, output: Path, progress: bool = True) -> dict:
+    """:func:`run_render` into a staging folder, swapped in whole as ``output``: a killed render
+    leaves the previous videos complete, and a folder of someone else's files is never replaced."""
+    output = Path(output)
+    staged = StagedOutput(output.parent, "render", [output.name], inputs=[checkpoint], legacy=_render_legacy)
+    staged.preflight()
+    with staged:
+        inner = staged.path(output.name)
+        report = run_render(params, checkpoint, inner, progress)
+        report["files"] = [str(output / Path(f).relative_to(inner)) for f in report["files"]]
+        write_json(report, inner / "render.json")  # the paths it will have once swapped in
     return report

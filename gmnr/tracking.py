@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 import warnings
@@ -67,14 +68,48 @@ def pipeline_id() -> str:
     return os.environ.get(PIPELINE_ENV) or _ancestor_engine() or f"standalone-{uuid.uuid4().hex[:12]}"
 
 
-def _reachable(uri: str, timeout_s: float = 3.0) -> str | None:
-    """None when the store looks usable, else the reason it is not."""
+_PROBED: dict[str, str | None] = {}
+
+
+def _probe_sqlite(path: str, timeout_s: float) -> None:
+    """Open the database file and take (then release) a write lock: what every run needs. An
+    unopenable or read-only file fails here at once; MLflow itself retries for about 100 s."""
+    import sqlite3
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=timeout_s)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.rollback()
+    finally:
+        con.close()
+
+
+def _probe(uri: str, timeout_s: float) -> None:
     if uri.startswith(("http://", "https://")):
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
+    elif uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            _probe_sqlite(path, timeout_s)
+    elif "://" in uri and not uri.startswith("file:"):  # postgresql://, mysql://, ...: is anything listening?
+        import socket
+        parsed = urllib.parse.urlsplit(uri)
+        if parsed.hostname:
+            default = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(parsed.scheme.split("+")[0])
+            if parsed.port or default:
+                socket.create_connection((parsed.hostname, parsed.port or default), timeout=timeout_s).close()
+
+
+def _reachable(uri: str, timeout_s: float = 3.0) -> str | None:
+    """None when the store looks usable, else the reason it is not. Probed once per process and
+    store, before any run starts, so an unusable store costs one warning, not retries per call."""
+    if uri not in _PROBED:
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
+            _probe(uri, timeout_s)
+            _PROBED[uri] = None
         except Exception as exc:  # any failure means: do not block the stage on it
-            return f"{type(exc).__name__}: {exc}"
-    return None
+            _PROBED[uri] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return _PROBED[uri]
 
 
 class StageRun:

@@ -100,8 +100,9 @@ def test_deep3d_adapter_runs_an_installation_and_reads_its_mat_files(tmp_path):
         "    savemat(out / (txt.stem + '.mat'), {'angle': [[0.0, -0.2, 0.0]], 'trans': [[0.0, 0.0, 0.0]]})\n")
     images = tmp_path / "raw" / "images"
     images.mkdir(parents=True)
-    for name in ("000.png", "001.png"):
-        (images / name).write_bytes(b"not needed by the stand-in")
+    from gmnr.data.images import write_png_atomic
+    for name in ("000.png", "001.png"):  # the adapter writes what the one reader decodes
+        write_png_atomic(images / name, np.zeros((8, 8, 3), np.uint8))
     rows = _landmark_rows([(0.0, 0.0, 0.0), (0.2, 0.0, 0.0)])
     rows.loc[1, "status"] = "no_face"
     out = pose.deep3d_poses(str(root), tmp_path / "raw", rows, CAMERA, tmp_path / "work")

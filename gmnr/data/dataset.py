@@ -21,16 +21,20 @@ class PackedDataset(torch.utils.data.Dataset):
             raise ValueError(f"{self.folder}/dataset.json lists no images")
         self.cam2world = torch.from_numpy(c2w).float()
         self.intrinsics = torch.from_numpy(k).float()
-        first = self._load(0)
-        self.resolution = first.shape[-1]
+        self.resolution = None
+        self.resolution = self._load(0).shape[-1]
         if resolution is not None and resolution != self.resolution:
             raise ValueError(f"{self.folder}: images are {self.resolution} px but the model expects {resolution}; "
                              f"repack with pack.resolution={resolution}")
 
     def _load(self, index: int) -> torch.Tensor:
-        from PIL import Image
-        with Image.open(self.folder / "images" / self.names[index]) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32)
+        from gmnr.data.images import read_rgb
+        path = self.folder / "images" / self.names[index]
+        array = read_rgb(path).astype(np.float32)  # the one reader: regular files, pixel cap, any mode
+        h, w, _ = array.shape
+        if h != w or (self.resolution is not None and h != self.resolution):
+            raise ValueError(f"{path}: {w} x {h} px in a set of {self.resolution} px images; the packed set is "
+                             f"inconsistent (interrupted or edited by hand): rerun `gmnr pack`")
         return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
     def __len__(self) -> int:

@@ -7,11 +7,17 @@ Design choices and why:
     file named like the archive is always complete; an interrupted transfer is resumed with
     an HTTP ``Range`` request instead of restarting a 90 GB download.
   * Archives are validated member by member before a single byte is written (no path
-    traversal, no links, no device nodes) and extracted into a temporary sibling folder that
-    is renamed into place, so a crash never leaves a half-extracted tree that looks complete.
+    traversal, no links, no device nodes; tar members also pass tarfile's ``data`` filter) and
+    extracted into a temporary sibling folder that is renamed into place, so a crash never
+    leaves a half-extracted tree that looks complete. What they would expand to is capped
+    before extraction (``download.max_extract_bytes``, ``download.max_extract_ratio`` against
+    the archive's size, the free disk space) and counted again while writing, so a zip bomb is
+    refused instead of filling the disk.
   * Prepared images are flat, sorted, stably named files under ``raw_dir/images`` plus a
     ``manifest.json`` that records where they came from, so later stages (landmarks, poses)
-    can key on file names and audits can trace every image to its archive.
+    can key on file names and audits can trace every image to its archive. They are staged and
+    swapped in whole (:mod:`gmnr.staging`): files the stage did not write are never replaced,
+    and an output that overlaps the images it reads is refused.
 """
 from __future__ import annotations
 
@@ -75,7 +81,8 @@ class ChecksumError(DownloadError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive member would escape the target folder or is a link/device; nothing was extracted."""
+    """An archive member would escape the target folder or is a link/device, or the archive would
+    expand beyond the caps; nothing was extracted (or what was, was removed)."""
 
     def __init__(self, archive: Path, member: str, reason: str):
         self.archive, self.member, self.reason = Path(archive), member, reason
@@ -417,13 +424,21 @@ def is_archive(path: Path) -> bool:
     return Path(path).name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def safe_extract(archive: Path, target_dir: Path) -> list[Path]:
+DEFAULT_MAX_EXTRACT_BYTES = 200_000_000_000  # params download.max_extract_bytes
+DEFAULT_MAX_EXTRACT_RATIO = 100.0  # params download.max_extract_ratio
+
+
+def safe_extract(archive: Path, target_dir: Path, max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+                 max_ratio: float = DEFAULT_MAX_EXTRACT_RATIO) -> list[Path]:
     """Extract a zip or tar(.gz/.bz2/.xz) into ``target_dir`` and return the extracted files.
 
     Every member is validated first; one unsafe member (path outside ``target_dir``, absolute
     path, drive letter, symlink, hardlink, device, fifo) raises ``UnsafeArchiveError`` and
-    nothing is written. Extraction goes to a hidden temporary sibling that is renamed onto
-    ``target_dir`` at the end. ``target_dir`` must be absent or empty.
+    nothing is written. So does an archive whose members add up to more than ``max_bytes``,
+    more than ``max_ratio`` times the archive's own size, or more than the free disk space.
+    Extraction goes to a hidden temporary sibling that is renamed onto ``target_dir`` at the
+    end; bytes are counted while writing too, so a member that yields more than its header
+    declared is refused and the partial extraction removed. ``target_dir`` must be absent or empty.
     """
     archive, target_dir = Path(archive), Path(target_dir)
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
@@ -431,12 +446,40 @@ def safe_extract(archive: Path, target_dir: Path) -> list[Path]:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = _validate_zip(archive, zf, target_dir)
-            return _extract_members(members, target_dir, lambda m: zf.open(m.handle))
+            _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
+            return _extract_members(members, target_dir, lambda m: zf.open(m.handle), archive)
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
             members = _validate_tar(archive, tf, target_dir)
-            return _extract_members(members, target_dir, lambda m: tf.extractfile(m.handle))
+            _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
+            return _extract_members(members, target_dir, lambda m: tf.extractfile(m.handle), archive)
     raise ValueError(f"{archive} is neither a zip nor a tar archive")
+
+
+def _member_size(member: "_Member") -> int:
+    handle = member.handle
+    return int(handle.file_size if isinstance(handle, zipfile.ZipInfo) else handle.size)
+
+
+def _check_expansion(archive: Path, members: list["_Member"], target_dir: Path, max_bytes: int,
+                     max_ratio: float) -> None:
+    """Refuse, before writing anything, an archive that would expand beyond the caps."""
+    total = sum(_member_size(m) for m in members if not m.is_dir)
+    packed = max(archive.stat().st_size, 1)
+    if total > max_bytes:
+        raise UnsafeArchiveError(archive, f"<{len(members)} members>", f"would expand to {total} bytes, more than "
+                                 f"download.max_extract_bytes = {max_bytes}")
+    if total / packed > max_ratio:
+        raise UnsafeArchiveError(archive, f"<{len(members)} members>", f"would expand {total / packed:.0f}x (to {total} "
+                                 f"bytes from {packed}), more than download.max_extract_ratio = {max_ratio:g} "
+                                 f"(a zip bomb?)")
+    probe = target_dir.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if total > free:
+        raise UnsafeArchiveError(archive, f"<{len(members)} members>", f"would expand to {total} bytes but {probe} "
+                                 f"has {free} bytes free")
 
 
 def _safe_relpath(archive: Path, name: str, target_dir: Path) -> PurePosixPath | None:
@@ -485,13 +528,20 @@ def _validate_tar(archive: Path, tf: tarfile.TarFile, target_dir: Path) -> list[
         if not (info.isreg() or info.isdir()):
             raise UnsafeArchiveError(archive, info.name, f"has unsupported tar type {info.type!r}")
         relpath = _safe_relpath(archive, info.name, target_dir)
+        try:  # and the stdlib's own rules for untrusted archives (PEP 706) on top of ours
+            tarfile.data_filter(info, str(target_dir))
+        except tarfile.FilterError as exc:
+            raise UnsafeArchiveError(archive, info.name, f"is refused by tarfile's data filter ({exc})") from None
         if relpath is not None:
             members.append(_Member(relpath, info.isdir(), info))
     return members
 
 
-def _extract_members(members: list[_Member], target_dir: Path, open_member) -> list[Path]:
+def _extract_members(members: list[_Member], target_dir: Path, open_member, archive: Path) -> list[Path]:
     target_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A killed extraction leaves .<name>.partial-* behind; the next one removes them (they are ours).
+    for stale in target_dir.parent.glob(f".{target_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = target_dir.parent / f".{target_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     files = []
@@ -502,8 +552,15 @@ def _extract_members(members: list[_Member], target_dir: Path, open_member) -> l
                 out.mkdir(parents=True, exist_ok=True)
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
+            declared = _member_size(member)
             with open_member(member) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+                written = 0
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > declared:  # never trust a header for how much will come out
+                        raise UnsafeArchiveError(archive, str(member.relpath), f"yields more than the {declared} "
+                                                 f"bytes its header declares")
+                    dst.write(chunk)
             files.append(member.relpath)
         if target_dir.exists():
             target_dir.rmdir()  # checked empty above
@@ -531,7 +588,9 @@ class _Sources:
 
 def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
                     from_dir: Path | None = None, progress: bool = True,
-                    workers: int | None = None, **download_options: Any) -> dict:
+                    workers: int | None = None, max_pixels: int | None = None,
+                    max_extract_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+                    max_extract_ratio: float = DEFAULT_MAX_EXTRACT_RATIO, **download_options: Any) -> dict:
     """Download (or take from ``from_dir``), extract and collect a dataset into ``raw_dir/images``.
 
     ``name`` is a registry name or a ``DatasetEntry``. With ``from_dir`` the user's files are
@@ -541,32 +600,50 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
     raised with the entry's instructions. Images (png/jpg/jpeg/webp, recursive, filtered by
     the entry's ``subset``) become flat, sorted, stable file names (hardlinked or copied; resized
     to PNG with LANCZOS when the entry derives from another resolution). Unreadable images are
-    skipped and counted. ``raw_dir/manifest.json`` records the provenance; the returned dict
-    summarises counts, bytes downloaded and seconds.
+    skipped and counted, and so are images whose header declares more than ``max_pixels`` pixels
+    (never decoded). ``raw_dir/manifest.json`` records the provenance; the returned dict
+    summarises counts, bytes downloaded and seconds. ``raw_dir/images``, the manifest and the
+    metadata files are staged and swapped in together (:mod:`gmnr.staging`).
     """
+    from gmnr.data.images import DEFAULT_MAX_PIXELS
+    from gmnr.staging import StagedOutput
     entry = name if isinstance(name, DatasetEntry) else get_dataset(name)
     _check_options(download_options)
     started = time.monotonic()
     raw_dir, download_dir = Path(raw_dir), Path(download_dir)
-    sources = _acquire(entry, download_dir, None if from_dir is None else Path(from_dir),
-                       progress, download_options)
+    from_path = None if from_dir is None else Path(from_dir)
+    outputs = ["images", "manifest.json", *(m.filename for m in entry.metadata_files)]
+    staged = StagedOutput(raw_dir, "download", outputs, inputs=[from_path, download_dir], legacy=_legacy_claims)
+    staged.preflight()  # before any download: an output inside the sources, or someone else's files
+    sources = _acquire(entry, download_dir, from_path, progress, download_options)
     roots = list(sources.folders)
     for archive, record in zip(sources.archives, sources.archive_records):
-        roots.append(_extract_cached(archive, record, download_dir / "extracted"))
+        roots.append(_extract_cached(archive, record, download_dir / "extracted", max_extract_bytes,
+                                     max_extract_ratio))
     images = _collect_images(roots, entry.subset)
     if not images:
         raise FileNotFoundError(f"{entry.name}: no png/jpg/jpeg/webp images found under "
                                 f"{', '.join(map(str, roots))}" + _subset_hint(entry))
     names = flat_names([rel for _, rel in images])
-    result = _materialise(images, names, raw_dir, entry.resize_to, entry.resolution, workers, progress)
-    metadata = _copy_metadata(entry, None if from_dir is None else Path(from_dir), raw_dir)
-    manifest_path = _write_manifest(entry, raw_dir, sources, from_dir, len(images), result, metadata)
+    with staged:
+        new = staged.staging / "new"
+        result = _materialise(images, names, new, entry.resize_to, entry.resolution, workers, progress,
+                              max_pixels or DEFAULT_MAX_PIXELS)
+        if not result["copied"]:
+            raise ValueError(f"{entry.name}: none of the {len(images)} images found could be read "
+                             f"({len(result['corrupt'])} unreadable, {result['too_large']} over images.max_pixels)")
+        metadata = _copy_metadata(entry, from_path, new)
+        for record in metadata:  # the paths they will have once swapped in
+            record["path"] = str(raw_dir / Path(record["path"]).name)
+        _write_manifest(entry, new, sources, from_dir, len(images), result, metadata)
+    manifest_path = raw_dir / "manifest.json"
     summary = {
         "dataset": entry.name,
         "source": sources.kind,
         "found": len(images),
         "copied": result["copied"],
         "skipped_corrupt": len(result["corrupt"]),
+        "skipped_too_large": result["too_large"],
         "unexpected_size": result["unexpected_size"],
         "expected_count": entry.expected_count,
         "bytes_downloaded": sources.bytes_downloaded,
@@ -650,7 +727,20 @@ def _archive_record(path: Path, remote: RemoteFile | None) -> dict:
             "checksum": checksum, "checksum_source": origin}
 
 
-def _extract_cached(archive: Path, record: dict, extracted_root: Path) -> Path:
+def _legacy_claims(raw_dir: Path) -> set[str] | None:
+    """What a download from before output records can be shown to have written: its manifest,
+    the metadata files it lists, and the images folder when the manifest's count matches it."""
+    manifest = json.loads((Path(raw_dir) / "manifest.json").read_text())
+    images = Path(raw_dir) / "images"
+    files = sorted(p.name for p in images.iterdir()) if images.is_dir() else []
+    if len(files) != manifest.get("count"):
+        return None
+    return {"manifest.json", *(f"images/{f}" for f in files),
+            *(Path(m["path"]).name for m in manifest.get("metadata_files", []))}
+
+
+def _extract_cached(archive: Path, record: dict, extracted_root: Path,
+                    max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES, max_ratio: float = DEFAULT_MAX_EXTRACT_RATIO) -> Path:
     """Extract once per archive content: the folder name carries the digest, and safe_extract's
     rename makes an existing folder a complete one."""
     stem = archive.name
@@ -663,7 +753,7 @@ def _extract_cached(archive: Path, record: dict, extracted_root: Path) -> Path:
     if target.is_dir() and any(target.iterdir()):
         log.info("reusing extracted %s", target)
         return target
-    safe_extract(archive, target)
+    safe_extract(archive, target, max_bytes, max_ratio)
     return target
 
 
@@ -724,49 +814,54 @@ def flat_names(relpaths: list[PurePosixPath]) -> list[str]:
     return names
 
 
-def _materialise(images: list[tuple[Path, PurePosixPath]], names: list[str], raw_dir: Path,
+def _materialise(images: list[tuple[Path, PurePosixPath]], names: list[str], out_root: Path,
                  resize_to: int | None, resolution: int, workers: int | None,
-                 progress: bool) -> dict:
-    """Write the images into a staging folder, then swap it in as ``raw_dir/images``."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    staging = raw_dir / f".images.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+                 progress: bool, max_pixels: int) -> dict:
+    """Write the images into ``out_root/images`` (inside the stage's staging folder)."""
+    out_dir = out_root / "images"
+    out_dir.mkdir(parents=True)
     corrupt: list[str] = []
-    unexpected = 0
+    unexpected = too_large = 0
     copied = 0
-    try:
-        jobs = [(src, staging, stem, resize_to, resolution) for (src, _), stem in zip(images, names)]
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            results = pool.map(_process_image, jobs)
-            for (_, rel), status in tqdm(zip(images, results), total=len(jobs), unit="img",
-                                         desc="images", disable=not progress, leave=False):
-                if status == "corrupt":
-                    corrupt.append(rel.as_posix())
-                    continue
-                copied += 1
-                unexpected += status == "unexpected_size"
-        _swap_in(staging, raw_dir / "images")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    jobs = [(src, out_dir, stem, resize_to, resolution, max_pixels) for (src, _), stem in zip(images, names)]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(_process_image, jobs)
+        for (_, rel), status in tqdm(zip(images, results), total=len(jobs), unit="img",
+                                     desc="images", disable=not progress, leave=False):
+            if status == "corrupt":
+                corrupt.append(rel.as_posix())
+                continue
+            if status == "too_large":
+                too_large += 1
+                continue
+            copied += 1
+            unexpected += status == "unexpected_size"
     if corrupt:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(corrupt), corrupt[0])
+    if too_large:
+        log.warning("skipped %d image(s) of more than images.max_pixels = %d pixels (not decoded)", too_large,
+                    max_pixels)
     if unexpected:
         log.warning("%d image(s) are not %dx%d%s", unexpected, resolution, resolution,
                     " before resizing (non-square)" if resize_to else "")
-    return {"copied": copied, "corrupt": corrupt, "unexpected_size": unexpected}
+    return {"copied": copied, "corrupt": corrupt, "unexpected_size": unexpected, "too_large": too_large}
 
 
-def _process_image(job: tuple[Path, Path, str, int | None, int]) -> str:
-    """Check one image and write it out; returns "ok", "unexpected_size" or "corrupt".
+def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
+    """Check one image and write it out; returns "ok", "unexpected_size", "too_large" or "corrupt".
 
     PNGs are checked with ``verify()`` (CRC of every chunk, catches truncation and bit flips
     without decoding); other formats are fully decoded because ``verify()`` does not check them.
+    Only regular files are opened, and the pixel count in the header is checked before decoding.
     """
-    src, out_dir, stem, resize_to, resolution = job
+    from gmnr.data.images import ImageRefused, open_regular
+    src, out_dir, stem, resize_to, resolution, max_pixels = job
     try:
-        with Image.open(src) as image:
+        with open_regular(src) as f, Image.open(f) as image:
             size = image.size
+            if size[0] * size[1] > max_pixels:
+                log.debug("%s: %d x %d pixels exceeds images.max_pixels", src, *size)
+                return "too_large"
             if image.format == "PNG" and resize_to is None:
                 image.verify()
             else:
@@ -774,7 +869,9 @@ def _process_image(job: tuple[Path, Path, str, int | None, int]) -> str:
             if resize_to is not None:
                 _save_resized(image, out_dir / f"{stem}.png", resize_to)
                 return "ok" if size[0] == size[1] else "unexpected_size"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        return "too_large"
+    except (OSError, SyntaxError, ValueError, ImageRefused) as exc:
         log.debug("unreadable image %s: %s", src, exc)
         return "corrupt"
     _link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
@@ -795,17 +892,6 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         os.link(src, dest)
     except OSError:
         shutil.copy2(src, dest)
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` so readers never see a half-written image folder."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
 
 
 def _copy_metadata(entry: DatasetEntry, from_dir: Path | None, raw_dir: Path) -> list[dict]:

@@ -899,18 +899,36 @@ def generate(out_dir: Path, count: int, resolution: int, seed: int, camera: Synt
     """Write ``count`` images, depth maps, ground_truth.csv and meta.json under ``out_dir``.
 
     ``num_threads`` (optional) is passed to torch.set_num_threads for the duration of the
-    call; by default the caller's setting is used. Files are written atomically, so an
-    interrupted run never leaves a truncated image. Returns count, seconds, seconds_per_image.
+    call; by default the caller's setting is used. The four outputs are built in a staging folder
+    and swapped in together (:mod:`gmnr.staging`): an interrupted run leaves the previous set
+    whole, a rerun with a smaller count leaves no older image behind, and an ``out_dir`` that
+    holds files synth did not write (someone's photos in ``images/``) is refused before any
+    rendering. Returns count, seconds, seconds_per_image.
     """
+    from gmnr.staging import StagedOutput
     if count < 0 or resolution <= 0:
         raise ValueError(f"need count >= 0 and resolution > 0, got {count}, {resolution}")
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _generate(Path(out_dir), count, resolution, seed, camera, roll_std, progress)
+        with StagedOutput(out_dir, "synth", OUTPUTS, legacy=_legacy_claims) as staged:
+            return _generate(staged.staging / "new", count, resolution, seed, camera, roll_std, progress)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+OUTPUTS = ("images", "depth", "ground_truth.csv", "meta.json")
+
+
+def _legacy_claims(out_dir: Path) -> set[str] | None:
+    """What a synth run from before output records can be shown to have written (its meta.json)."""
+    meta = json.loads((Path(out_dir) / "meta.json").read_text())
+    if meta.get("generator") != "gmnr.data.synth":
+        return None
+    n = int(meta["count"])
+    return {"ground_truth.csv", "meta.json", *(f"images/{i:06d}.png" for i in range(n)),
+            *(f"depth/{i:06d}.npy" for i in range(n))}
 
 
 def _generate(out_dir: Path, count: int, resolution: int, seed: int, camera: SynthCamera,

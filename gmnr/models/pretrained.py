@@ -461,6 +461,9 @@ def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, 
     (``{"source", "G": ..., "D": ...}``), which the trainer logs to MLflow.
     """
     states = pretrained_states(path)
+    if not states.get("G_ema"):
+        raise ValueError(f"{path}: holds no generator weights ('G_ema' is missing or empty); refusing to start "
+                         f"from it (training would silently start from scratch)")
     g_report = load_into(generator, states["G_ema"], dry_run=True)
     problems = [f"{k}: {list(a)} in the file, {list(b)} here" for k, a, b in g_report.mismatched]
     problems += [f"{k}: not in the model" for k in g_report.unexpected]
@@ -476,6 +479,9 @@ def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, 
         raise ValueError(f"{path} was trained for another architecture than these params describe "
                          f"(gmpi.z_dim, w_dim, mapping_layers, channel_base, channel_max and the resolution must "
                          f"match it): " + "; ".join(problems[:6]) + more)
+    if not g_report.loaded:
+        raise ValueError(f"{path}: none of its {len(states['G_ema'])} generator tensors matches this model; refusing "
+                         f"to start from it (training would silently start from scratch)")
     report = {"source": os.fspath(path), "G": load_into(generator, states["G_ema"])}
     if discriminator is not None:
         if d_report is not None:

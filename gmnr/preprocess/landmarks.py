@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from gmnr.data.face_layout import LANDMARK_NAMES
-from gmnr.data.images import list_images, read_rgb, relative_name
+from gmnr.data.images import IMAGE_SUFFIXES, ImagePolicy, ImageRefused, list_images, read_image, relative_name, unique_names
 
 KEYPOINT_COLUMNS = [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")]
-COLUMNS = ["file", "status", "error", "width", "height", "n_faces", "confidence",
+COLUMNS = ["file", "status", "error", "width", "height", "cropped", "n_faces", "confidence",
            "x1", "y1", "x2", "y2", *KEYPOINT_COLUMNS]
-# Status values: ok | unreadable | no_face | low_confidence
+# Status values: ok | unreadable | too_large | refused | non_square | no_face | low_confidence.
+# width/height are those of the image every stage sees (after images.non_square's centre crop);
+# cropped says whether the file was not square.
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ def choose_face(rows: np.ndarray, width: int, height: int) -> int:
 
 
 def _row(file: str, status: str, shape=(0, 0), error: str = "", n_faces: int = 0,
-         face: np.ndarray | None = None) -> dict:
+         face: np.ndarray | None = None, cropped: bool = False) -> dict:
     row = {"file": file, "status": status, "error": error, "width": shape[1], "height": shape[0],
-           "n_faces": n_faces}
+           "cropped": int(cropped), "n_faces": n_faces}
     if face is None:
         box, confidence, points = [np.nan] * 4, np.nan, [np.nan] * 10
     else:
@@ -74,25 +76,36 @@ def detect_batch(detector, images: list[np.ndarray], settings: DetectorSettings)
     return [out[out[:, 0] == i] for i in range(len(images))]
 
 
-def run_landmarks(image_dir: Path, settings: DetectorSettings, detector=None, progress: bool = True
-                  ) -> pd.DataFrame:
-    """One row per image (COLUMNS). Never raises for a single bad image."""
+def run_landmarks(image_dir: Path, settings: DetectorSettings, detector=None, progress: bool = True,
+                  policy: ImagePolicy | None = None) -> pd.DataFrame:
+    """One row per image (COLUMNS). Never raises for a single bad image; raises when there are no
+    images at all (an empty or mistyped --input must not pass as a dataset of nothing)."""
     from tqdm import tqdm
 
+    policy = policy or ImagePolicy(non_square="crop")
     files = list_images(image_dir)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found under "
+                                f"{image_dir}: check --input")
     detector = detector or load_detector()
     rows: list[dict] = []
     bar = tqdm(total=len(files), desc="landmarks (MTCNN)", unit="img", disable=not progress)
     for start in range(0, len(files), settings.batch_size):
         batch_files = files[start:start + settings.batch_size]
-        images, names = [], []
+        images, names, cropped = [], [], []
         for path in batch_files:
             name = relative_name(path, image_dir)
             try:
-                images.append(read_rgb(path))
-                names.append(name)
+                loaded = read_image(path, policy)
+            except ImageRefused as exc:  # by policy: too many pixels, not a regular file, not square
+                rows.append(_row(name, exc.status, error=exc.reason[:300]))
+                continue
             except Exception as exc:  # corrupt, truncated, not an image: skip and record why
                 rows.append(_row(name, "unreadable", error=f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            images.append(loaded.rgb)
+            names.append(name)
+            cropped.append(loaded.cropped)
         # Same-size images share one MTCNN call; odd sizes go alone (MTCNN pads batches).
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
@@ -103,14 +116,15 @@ def run_landmarks(image_dir: Path, settings: DetectorSettings, detector=None, pr
             except Exception as exc:
                 found = None
                 for i in idx:
-                    rows.append(_row(names[i], "unreadable", shape, error=f"detector failed: {exc}"[:300]))
+                    rows.append(_row(names[i], "unreadable", shape, error=f"detector failed: {exc}"[:300],
+                                     cropped=cropped[i]))
             for i, faces in zip(idx, found or []):
                 if len(faces) == 0:
-                    rows.append(_row(names[i], "no_face", shape))
+                    rows.append(_row(names[i], "no_face", shape, cropped=cropped[i]))
                     continue
                 best = faces[choose_face(faces, shape[1], shape[0])]
                 status = "ok" if best[5] >= settings.min_confidence else "low_confidence"
-                rows.append(_row(names[i], status, shape, n_faces=len(faces), face=best))
+                rows.append(_row(names[i], status, shape, n_faces=len(faces), face=best, cropped=cropped[i]))
         bar.update(len(batch_files))
     bar.close()
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values("file", kind="stable").reset_index(drop=True)
@@ -122,18 +136,21 @@ def keypoints_array(row: pd.Series) -> np.ndarray:
     return row[KEYPOINT_COLUMNS].to_numpy(dtype=np.float64).reshape(5, 2)
 
 
-def export_keypoint_txt(table: pd.DataFrame, out_dir: Path) -> int:
+def export_keypoint_txt(table: pd.DataFrame, out_dir: Path, flat: bool = False) -> dict:
     """Per-image ``<stem>.txt`` with 5 lines ``x y`` (left eye, right eye, nose, mouth left,
-    mouth right): the ``detections/`` files that Deep3DFaceRecon and the GMPI tooling read."""
+    mouth right): the ``detections/`` files that Deep3DFaceRecon and the GMPI tooling read.
+
+    ``x.jpg`` and ``x.png`` would both become ``x.txt``: such collisions get ``x-1.txt``
+    (:func:`gmnr.data.images.unique_names`); returns ``{"written", "renamed", "names"}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for _, row in table[table.status == "ok"].iterrows():
+    ok = table[table.status == "ok"]
+    names, renamed = unique_names(list(ok.file), ".txt", flat=flat)
+    for _, row in ok.iterrows():
         pts = keypoints_array(row)
-        target = out_dir / (Path(row.file).with_suffix(".txt"))
+        target = out_dir / names[row.file]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in pts))
-        n += 1
-    return n
+    return {"written": len(ok), "renamed": len(renamed), "names": names}
 
 
 def summarize(table: pd.DataFrame, seconds: float, ground_truth: pd.DataFrame | None = None) -> dict:
@@ -141,11 +158,15 @@ def summarize(table: pd.DataFrame, seconds: float, ground_truth: pd.DataFrame | 
     rate at |yaw| <= 30 deg and the keypoint error against the projected true landmarks."""
     counts = table.status.value_counts().to_dict()
     total = len(table)
-    readable = total - counts.get("unreadable", 0)
+    readable = total - sum(counts.get(s, 0) for s in ("unreadable", "too_large", "refused", "non_square"))
     summary = {
         "images_total": total,
         "faces_found": int(counts.get("ok", 0)),
         "unreadable": int(counts.get("unreadable", 0)),
+        "too_large": int(counts.get("too_large", 0)),
+        "refused": int(counts.get("refused", 0)),
+        "non_square_refused": int(counts.get("non_square", 0)),
+        "non_square_cropped": int(table.cropped.sum()) if "cropped" in table else 0,
         "no_face": int(counts.get("no_face", 0)),
         "low_confidence": int(counts.get("low_confidence", 0)),
         "multiple_faces": int((table.n_faces > 1).sum()),
@@ -167,9 +188,12 @@ def summarize(table: pd.DataFrame, seconds: float, ground_truth: pd.DataFrame | 
     return summary
 
 
-def draw_contact_sheet(image_dir: Path, table: pd.DataFrame, out_path: Path, n: int = 16, tile: int = 160) -> Path:
-    """A grid of sample images with their box and 5 landmarks drawn (an MLflow artifact)."""
+def draw_contact_sheet(image_dir: Path, table: pd.DataFrame, out_path: Path, n: int = 16, tile: int = 160,
+                       policy: ImagePolicy | None = None) -> Path:
+    """A grid of sample images with their box and 5 landmarks drawn (an MLflow artifact). Images
+    are read as the detector saw them (same reader and policy), so the points line up."""
     from PIL import Image, ImageDraw
+    policy = policy or ImagePolicy(non_square="crop")
 
     picks = pd.concat([table[table.status == "ok"].head(n - min(4, n // 4)),
                        table[table.status != "ok"].head(min(4, n // 4))])
@@ -180,7 +204,7 @@ def draw_contact_sheet(image_dir: Path, table: pd.DataFrame, out_path: Path, n: 
     root = image_dir / "images" if (image_dir / "images").is_dir() else image_dir
     for k, (_, row) in enumerate(picks.iterrows()):
         try:
-            img = Image.open(root / row.file).convert("RGB")
+            img = Image.fromarray(read_image(root / row.file, policy).rgb)
         except Exception:
             img = Image.new("RGB", (tile, tile), (90, 0, 0))
         scale = tile / max(img.size)
@@ -193,5 +217,7 @@ def draw_contact_sheet(image_dir: Path, table: pd.DataFrame, out_path: Path, n: 
         draw.text((3, 3), row.status, fill=(255, 255, 255))
         sheet.paste(img, ((k % cols) * tile, (k // cols) * tile))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    sheet.save(tmp, format="PNG")
+    tmp.replace(out_path)
     return out_path

@@ -13,7 +13,6 @@ sphere (radius, look-at centre) with the estimated angles, which is what the tra
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -168,22 +167,26 @@ def check_deep3d_root(root: str | None) -> Path:
 
 
 def deep3d_poses(root: str | None, image_dir: Path, landmarks: pd.DataFrame, camera: CameraModel,
-                 work_dir: Path, name: str = "pretrained", epoch: int = 20) -> pd.DataFrame:
-    """Run Deep3DFaceRecon's ``test.py`` on the images with ``ok`` landmarks and read its .mat files."""
+                 work_dir: Path, name: str = "pretrained", epoch: int = 20, policy=None) -> pd.DataFrame:
+    """Run Deep3DFaceRecon's ``test.py`` on the images with ``ok`` landmarks and read its .mat files.
+
+    ``work_dir`` must be a fresh scratch folder (the stage's staging area). The images are written
+    there as the landmarks stage saw them (the one reader, the same ``policy``: crop, 16-bit, CMYK),
+    as flat, collision-free PNG names that their keypoint files share."""
     from scipy.io import loadmat
 
-    from gmnr.data.images import image_root
+    from gmnr.data.images import ImagePolicy, image_root, read_rgb, unique_names, write_png_atomic
     from gmnr.preprocess.landmarks import export_keypoint_txt
 
     root_path = check_deep3d_root(root)
-    folder = (work_dir / "deep3d_input").resolve()
-    shutil.rmtree(folder, ignore_errors=True)
+    policy = policy or ImagePolicy(non_square="crop")
+    folder = (Path(work_dir) / "deep3d_input").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     ok = landmarks[landmarks.status == "ok"]
+    flat, _ = unique_names(list(ok.file), ".png")
     for file in ok.file:
-        target = folder / Path(file).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image_root(image_dir) / file, target)
-    export_keypoint_txt(ok.assign(file=[Path(f).name for f in ok.file]), folder / "detections")
+        write_png_atomic(folder / flat[file], read_rgb(image_root(image_dir) / file, policy))
+    export_keypoint_txt(ok.assign(file=[flat[f] for f in ok.file]), folder / "detections")
     cmd = [sys.executable, "test.py", f"--name={name}", f"--epoch={epoch}", f"--img_folder={folder}"]
     done = subprocess.run(cmd, cwd=root_path, capture_output=True, text=True)
     if done.returncode != 0:
@@ -191,7 +194,7 @@ def deep3d_poses(root: str | None, image_dir: Path, landmarks: pd.DataFrame, cam
     results = root_path / "checkpoints" / name / "results" / folder.name / f"epoch_{epoch}_000000"
     rows = []
     for _, row in landmarks.iterrows():
-        mat = results / (Path(row.file).stem + ".mat")
+        mat = results / (Path(flat.get(row.file, row.file)).stem + ".mat")
         if row.status != "ok" or not mat.is_file():
             rows.append({"file": row.file, "status": row.status if row.status != "ok" else "pose_fit_failed"})
             continue

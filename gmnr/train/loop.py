@@ -106,10 +106,14 @@ class Trainer:
         or extended run). Checkpoints of other params (the pipeline reran train because a param
         changed) are moved to ``checkpoints/stale-<time>/`` and training starts afresh."""
         folder = self.run_dir / "checkpoints"
-        path = ckpt.latest_checkpoint(folder)
+        if self.info.is_main:
+            ckpt.clean_orphans(self.run_dir)  # temporaries of a killed run
+        # The newest checkpoint that is whole; damaged ones are reported and moved aside.
+        path, state = ckpt.newest_valid(folder, self.device, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+                                        {"opt_G": self.opt_G, "opt_D": self.opt_D}, self.info.is_main,
+                                        model=self.params.model)
         if path is None:
             return None
-        state = ckpt.load_checkpoint(path, map_location=self.device)
         if state.get("model") != self.params.model:
             raise RuntimeError(f"{path} holds a '{state.get('model')}' model, params say '{self.params.model}'")
         changed = changed_training_params(state.get("config", {}), self.params)
@@ -303,6 +307,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
             steps_this_run += 1
             seconds = time.perf_counter() - start
             history = {k: float(v) for k, v in stats.items()}
+            ckpt.check_finite(history, trainer.step, run_dir)  # NaN/inf: stop before saving anything of it
             history.update(sec_per_step=seconds, images_per_sec=trainer.total_batch / seconds)
             if info.is_main and (trainer.step % t.log_every == 0 or trainer.step == t.steps):
                 run.log_metrics(history, step=trainer.step)

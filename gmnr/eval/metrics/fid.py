@@ -101,6 +101,20 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, num_
     return float(t / num_subsets / m)
 
 
+# Below this many images in either set the 2048-d covariances are rank-deficient: FID and KID are
+# biased (upward) and not comparable with published numbers (GMPI's protocol: 50,000). Reported
+# anyway, with a warning in the report and on stderr, so a small demo still measures something.
+FID_MIN_IMAGES = 2048
+
+
+def small_set_warning(n_real: int, n_generated: int) -> str | None:
+    if min(n_real, n_generated) >= FID_MIN_IMAGES:
+        return None
+    return (f"FID/KID from {n_real} real and {n_generated} generated images, fewer than {FID_MIN_IMAGES} (the "
+            f"feature dimension): biased upward and not comparable with published values (50,000); compare "
+            f"only with runs of the same counts")
+
+
 # ------------------------------------------------------------------ the metric
 class FIDKID:
     """FID and KID of a generator against the training set (packed images)."""
@@ -145,7 +159,12 @@ class FIDKID:
             cached_chunks += hit
             t_render, t_feat = t_render + t1 - t0, t_feat + time.perf_counter() - t1
         fake = np.concatenate(fake)
-        return {"fid": fid_from_features(real, fake),
+        warning = small_set_warning(real.shape[0], fake.shape[0])
+        if warning:
+            import warnings
+            warnings.warn(warning, stacklevel=2)
+        return {**({"fid_warning": warning} if warning else {}), "fid_min_images": FID_MIN_IMAGES,
+                "fid": fid_from_features(real, fake),
                 "kid": kernel_inception_distance(real, fake, self.kid_subsets, self.kid_subset_size, seed=ctx.seed),
                 "n_generated": int(fake.shape[0]), "n_real": int(real.shape[0]),
                 "fid_real_features_cached": bool(cached), "fid_real_seconds": t_real,
