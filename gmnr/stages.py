@@ -37,6 +37,8 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
     cam = params.cameras["ffhq"]
     camera = synth.SynthCamera(fov_deg=cam.fov_deg, radius=cam.radius, yaw_std=cam.yaw_std,
                                pitch_std=cam.pitch_std, truncation=cam.truncation)
+    # Before any work: an output holding files synth did not write (someone's photos) is refused.
+    StagedOutput(output, "synth", synth.OUTPUTS, legacy=synth._legacy_claims).preflight()
     with stage_run("source", params, ("synth", "cameras"), {"source": "synth"}) as run:
         # Staged and swapped in whole: a smaller count leaves no older image behind, and files
         # synth did not write are never deleted (gmnr.staging).
@@ -81,8 +83,11 @@ def _require(count: int, what: str, table, stage: str) -> None:
     if count:
         return
     counts = ", ".join(f"{k}: {v}" for k, v in table.status.value_counts().items()) if len(table) else "no rows"
-    errors = table["error"].dropna() if "error" in table else []
-    first = next((f"; e.g. {f}: {e}" for f, e in zip(table.loc[getattr(errors, "index", []), "file"], errors) if e), "")
+    first = ""
+    if "error" in table:
+        with_error = table[table["error"].fillna("").astype(str) != ""]
+        if len(with_error):
+            first = f"; e.g. {with_error.iloc[0]['file']}: {with_error.iloc[0]['error']}"
     raise ValueError(f"{what} ({counts}){first}")
 
 
@@ -108,6 +113,10 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, 
     staged = StagedOutput(output, "landmarks", ["landmarks.csv", "detections"], inputs=[image_dir],
                           legacy=_landmarks_legacy)
     staged.preflight()  # before any work: overlap with the images, files landmarks did not write
+    from gmnr.data.images import IMAGE_SUFFIXES, list_images
+    if not list_images(image_dir):  # an empty or mistyped --input fails here, before the detector loads
+        raise FileNotFoundError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found under "
+                                f"{image_dir}: check --input")
     with stage_run("landmarks", params, ("landmarks", "images")) as run:
         start = time.perf_counter()
         table = lm.run_landmarks(image_dir, settings, progress=progress, policy=policy)
@@ -144,6 +153,7 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     staged = StagedOutput(output, "pose", ["poses.csv"], inputs=[image_dir, landmarks_csv], legacy=_pose_legacy)
     staged.preflight()
     table = read_csv(landmarks_csv, "landmarks table (gmnr landmarks)")
+    _require(int((table.status == "ok").sum()), f"{landmarks_csv} has no face to estimate a pose from", table, "pose")
     with stage_run("pose", params, ("pose", "cameras", "images")) as run:
         with staged:
             if params.pose.backend == "builtin":

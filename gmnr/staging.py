@@ -123,10 +123,15 @@ class StagedOutput:
 
     # -- checks -----------------------------------------------------------------------------
     def check_overlap(self) -> None:
-        """Refuse entries (or the staging folder) that are, contain or lie inside an input."""
+        """Refuse entries (or the staging folder) that are, contain or lie inside an input, and an
+        output folder that contains an input folder. (A file input may share the output folder: pose
+        reads landmarks.csv beside the poses.csv it writes.)"""
         targets = [self.out / e for e in self.entries] + [self.staging]
         for source in self.inputs:
             src = _resolved(source)
+            if os.path.isdir(src) and src.is_relative_to(_resolved(self.out)):
+                raise OutputConflict(f"output folder {self.out} contains input {source}: choose an --output "
+                                     f"outside the input and not containing it")
             for target in targets:
                 if _overlap(_resolved(target), src):
                     raise OutputConflict(

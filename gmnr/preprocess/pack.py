@@ -54,7 +54,7 @@ def pack_dataset(image_dir: Path, poses: pd.DataFrame, out_dir: Path, resolution
     for status, n in poses[poses.status != "ok"].status.value_counts().items():
         excluded[str(status)] = int(n)
     usable = poses[poses.status == "ok"]
-    too_far = usable[np.degrees(usable.yaw).abs() > max_abs_yaw_deg]
+    too_far = usable[np.degrees(usable.yaw).abs() > max_abs_yaw_deg] if len(usable) else usable
     if len(too_far):
         excluded["yaw_beyond_limit"] = len(too_far)
     usable = usable.drop(too_far.index)

@@ -108,8 +108,10 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep_last:
     return final
 
 
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)|"
-                             r"Trying to call reduce for callable ([\w.]+)|global '?([\w.]+)'? was not an allowed")
+# torch's refusals name the global in several phrasings ("Unsupported global: GLOBAL os.system was
+# not an allowed global...", "Trying to load unsupported GLOBAL posix.system whose module posix is
+# blocked", ...) and one names a pickle operand instead.
+_REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)|Unsupported operand (\S+)", re.IGNORECASE)
 
 
 def why_unloadable(path: Path, exc: BaseException) -> str:
