@@ -84,6 +84,23 @@ class Camera(Strict):
             raise ValueError(f"depth_range must be [near, far] with near < far, got {list(self.depth_range)}")
         return self
 
+    def sweep_stds(self) -> float:
+        """How many standard deviations of the prior sample grids and videos sweep: the truncation,
+        or 2 for an untruncated prior (MVCGAN's render script sweeps yaw +-0.6 = 2 x its 0.3)."""
+        return self.truncation if self.truncation is not None else UNTRUNCATED_SWEEP_STDS
+
+
+UNTRUNCATED_SWEEP_STDS = 2.0
+
+
+class MVCGANCamera(Camera):
+    """MVCGAN's own camera and pose prior (``curriculums.FFHQ``: ``fov``, ``ray_start``/``ray_end``,
+    ``h_stddev``/``v_stddev``, ``sample_dist``), which differ from GMPI's for the same data."""
+    depth_range: tuple[PositiveFloat, PositiveFloat] = Field(
+        description="ray_start, ray_end: the distances along each ray between which samples lie (pi-GAN)")
+    truncation: PositiveFloat | None = Field(
+        None, description="null: an untruncated Gaussian prior (MVCGAN's sample_dist 'gaussian')")
+
 
 class Download(Strict):
     from_dir: str | None = None
@@ -198,37 +215,57 @@ class CurriculumStage(Strict):
 
 
 class MVCGAN(Strict):
-    """MVCGAN (Zhang et al., CVPR 2022) published settings: pi-GAN SIREN generator with FiLM,
-    volume rendering, 2D AdaIN decoder, multi-view consistency and a CoordConv pose discriminator."""
+    """MVCGAN (Zhang et al., CVPR 2022) as published (Xuanmeng-Zhang/MVCGAN ``curriculums.FFHQ``,
+    ``siren.SPATIALSIRENBASELINE``, ``refinegan.GNet``, ``sgdiscriminators.CCSEncoderDiscriminator``):
+    pi-GAN FiLM-SIREN field whose 256-d features are volume-rendered, GNet AdaIN decoder, multi-view
+    consistency (photometric loss, stereo mixup), CoordConv discriminator with a pose head."""
     z_dim: PositiveInt = 256
-    w_dim: PositiveInt = 256
-    mapping_layers: PositiveInt = 3
-    mapping_lr_multiplier: PositiveFloat = Field(0.05, description="pi-GAN trains the mapping network at lr * 0.05")
+    w_dim: PositiveInt = Field(256, description="width of the mapping network's hidden layers; its last hidden "
+                                                "layer is the code the decoder's AdaIN layers read")
+    mapping_layers: PositiveInt = Field(3, description="hidden (linear + leaky ReLU) layers of pi-GAN's mapping "
+                                                       "network; trained at the generator's learning rate")
     siren_layers: PositiveInt = Field(8, description="FiLM-SIREN layers of the radiance field")
-    siren_hidden: PositiveInt = 256
+    siren_hidden: PositiveInt = Field(256, description="width of the SIREN layers, and of the features that are "
+                                                       "volume-rendered and decoded")
     freq_scale: PositiveFloat = Field(15.0, description="FiLM frequency = freq_scale * f + freq_bias")
     freq_bias: float = 30.0
-    feature_dim: Annotated[int, Field(ge=3)] = Field(
-        32, description="channels the colour head renders (the first 3 are the low-resolution RGB image)")
-    samples_per_ray: Annotated[int, Field(ge=2)] = 24
-    decoder_channels: PositiveInt = 256
-    fade_steps: Annotated[int, Field(ge=0)] = Field(10000, description="fade-in of a new resolution, steps")
+    box_side: PositiveFloat = Field(0.24, description="pi-GAN's UniformBoxWarp: world points are scaled by "
+                                                      "2 / box_side before the SIREN")
+    samples_per_ray: Annotated[int, Field(ge=2)] = Field(16, description="stratified samples per ray (num_steps)")
+    decoder_channels: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        default_factory=lambda: [256, 256, 256, 128, 64],
+        description="GNet widths: the convolution at the ray resolution, then one per doubling of the resolution "
+                    "(needs 1 + log2(resolution / smallest ray resolution) entries)")
+    fade_steps: Annotated[int, Field(ge=0)] = Field(2000, description="fade-in of a new resolution, steps")
     density_noise: Annotated[float, Field(ge=0)] = Field(1.0, description="std of the noise added to sigma at step 0")
     density_noise_steps: Annotated[int, Field(ge=0)] = Field(5000, description="noise std reaches 0 at this step")
-    d_channel_base: PositiveInt = 16384
+    d_channel_base: PositiveInt = Field(8192, description="discriminator width at resolution r: "
+                                                          "clamp(base / r, d_channel_min, d_channel_max)")
+    d_channel_min: PositiveInt = 32
     d_channel_max: PositiveInt = 400
-    pose_weight: Annotated[float, Field(ge=0)] = 15.0
-    pose_max_resolution: PowerOfTwo = Field(128, description="the pose loss stops above this output resolution")
+    pose_weight: Annotated[float, Field(ge=0)] = Field(15.0, description="pose MSE weight of stages that do not "
+                                                                         "set their own")
+    pose_max_resolution: PowerOfTwo = Field(128, description="stages without their own pose_weight: no pose loss "
+                                                             "above this output resolution")
     r1_gamma: Annotated[float, Field(ge=0)] = 0.2
     r1_interval: PositiveInt = Field(1, description="R1 every N steps (1: every step, as published)")
-    grad_clip: PositiveFloat | None = 0.3
+    grad_clip: PositiveFloat | None = Field(10.0, description="gradient-norm clipping of G and D")
+def _ffhq_stage(start: int, resolution: int, batch: int, lr_g: float, lr_d: float, pose: float) -> "CurriculumStage":
+    return CurriculumStage(start=start, resolution=resolution, ray_resolution=64, batch_per_gpu=batch, lr_g=lr_g,
+                           lr_d=lr_d, pose_weight=pose)
+
+
     topk_min: Annotated[float, Field(gt=0, le=1)] = Field(0.6, description="top-k keeps max(topk_min, decay^(step/interval)) of the batch")
     topk_decay: Annotated[float, Field(gt=0, le=1)] = 0.99
     topk_interval: PositiveInt = 2000
-    photometric_weight: Annotated[float, Field(ge=0)] = 1.0
+    photometric_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="reproj_lambda")
     mixup_max: Annotated[float, Field(ge=0, le=1)] = Field(0.3, description="stereo mixup r ~ U(0, mixup_max)")
     curriculum: list[CurriculumStage] = Field(default_factory=lambda: [
-        CurriculumStage(start=0, resolution=64, ray_resolution=64, batch_per_gpu=56, lr_g=6e-5, lr_d=2e-4)])
+        _ffhq_stage(0, 64, 56, 6e-5, 2e-4, 15.0), _ffhq_stage(25000, 128, 52, 5e-5, 2e-4, 15.0),
+        _ffhq_stage(50000, 256, 40, 3e-5, 1e-4, 0.0), _ffhq_stage(100000, 512, 28, 2e-5, 8e-5, 0.0)])
+    datasets: dict[DatasetName, dict[str, Any]] = Field(
+        default_factory=dict, description="published values of other datasets' curricula, replacing the ones "
+                                          "above when that dataset is trained")
 
     @model_validator(mode="after")
     def _curriculum_in_order(self):
@@ -252,6 +289,11 @@ class Train(Strict):
     r1_gamma: Annotated[float, Field(ge=0)] = 10.0
     r1_interval: PositiveInt = 16
     views_per_latent: PositiveInt = 4
+    x_flip: bool = Field(True, description="mirror each real image with probability 1/2 (RandomHorizontalFlip)")
+    cameras: dict[CameraFamily, MVCGANCamera] = Field(
+        default_factory=lambda: {"ffhq": MVCGANCamera(fov_deg=12.0, radius=1.0, depth_range=(0.88, 1.12), yaw_std=0.3,
+                                                      pitch_std=0.155, truncation=None)},
+        description="MVCGAN's own camera per camera family; a family not listed uses the dataset's (cameras)")
     noise_mode: Literal["random", "const", "none"] = "random"
     amp: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -267,8 +309,9 @@ class Train(Strict):
 
 InferenceVdR = Literal["all", "sampled", "off"]
 INFERENCE_VDR_HELP = ("GMNR's view-dependent colour at inference: all (every eligible pair; a video does not "
-                      "flicker), sampled (the training-time random share) or off (what the published code's "
-                      "evaluation renders)")
+                      "flicker), baked (as all, with K computed once per MPI on its texel grid and interpolated: "
+                      "a video pays for MLP_K once), sampled (the training-time random share) or off (what the "
+                      "published code's evaluation renders)")
 
 
 class Render(Strict):
@@ -323,6 +366,9 @@ class Params(Strict):
         return value
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = Field(
         0, description="every random draw derives from it; numpy's seeds stop at 2^32 - 1")
+    fid_protocol: Literal["torch-fidelity", "clean"] = Field(
+        "torch-fidelity", description="how images reach Inception's 299 px: torch-fidelity's TF1 bilinear resize (GMPI's "
+                                      "and GMNR's numbers) or clean-fid's PIL bicubic; never mixed in one table column")
     paths: Paths = Paths()
     cameras: dict[CameraFamily, Camera]
     download: Download = Download()
@@ -424,8 +470,16 @@ def _format_error(err: dict) -> str:
 def _validate_model(data: dict[str, Any], source: str) -> Params:
     try:
         return Params.model_validate(data)
+        """The dataset's camera family: what labels the data (and GMPI's, GMNR's camera)."""
     except ValidationError as exc:
         lines = [f"{source}: {_format_error(e)}" for e in exc.errors(include_url=False)]
+    def model_camera(self) -> Camera:
+        """The camera ``model`` renders with and draws its views from: MVCGAN's own
+        (``mvcgan.cameras``) for the dataset's family when it defines one, else the dataset's."""
+        if self.model == "mvcgan" and self.camera_family() in self.mvcgan.cameras:
+            return self.mvcgan.cameras[self.camera_family()]
+        return self.camera()
+
         raise ParamsError("; ".join(lines)) from None
 
 

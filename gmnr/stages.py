@@ -211,11 +211,11 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
     if trained.model == "stylegan2":
         raise ValueError(f"{checkpoint}: a 2D StyleGAN2 (model stylegan2) has no viewpoint or depth to render "
                          f"videos of; render a gmpi, gmnr or mvcgan checkpoint")
-    cam = trained.camera()
+    cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
     with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
         run.log_params({"render": r.model_dump()})
-        files = render_outputs(G, output, r.seeds, r.frames, cam.truncation * cam.yaw_std,
-                               cam.truncation * cam.pitch_std, cam.radius, cam.center, tuple(cam.depth_range),
+        files = render_outputs(G, output, r.seeds, r.frames, cam.sweep_stds() * cam.yaw_std,
+                               cam.sweep_stds() * cam.pitch_std, cam.radius, cam.center, tuple(cam.depth_range),
                                None, device, r.fps)
         for f in files:
             run.log_artifact(f, "render")

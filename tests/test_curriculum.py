@@ -14,9 +14,9 @@ SWITCH = 2
 STAGES = (f"[{{start: 0, resolution: 8, ray_resolution: 4, batch_per_gpu: 2, lr_g: 0.001, lr_d: 0.002}},"
           f" {{start: {SWITCH}, resolution: 16, ray_resolution: 4, batch_per_gpu: 3, lr_g: 0.0005, lr_d: 0.0007}}]")
 TINY = ["model=mvcgan", "pack.resolution=16", "mvcgan.z_dim=8", "mvcgan.w_dim=8", "mvcgan.mapping_layers=1",
-        "mvcgan.siren_layers=2", "mvcgan.siren_hidden=16", "mvcgan.feature_dim=6", "mvcgan.samples_per_ray=6",
-        "mvcgan.decoder_channels=8", "mvcgan.d_channel_base=64", "mvcgan.d_channel_max=16", "mvcgan.fade_steps=2",
-        "mvcgan.r1_interval=1",
+        "mvcgan.siren_layers=2", "mvcgan.siren_hidden=6", "mvcgan.samples_per_ray=6",
+        "mvcgan.decoder_channels=[8, 8, 8]", "mvcgan.d_channel_base=64", "mvcgan.d_channel_min=4",
+        "mvcgan.d_channel_max=16", "mvcgan.fade_steps=2", "mvcgan.r1_interval=1",
         f"mvcgan.curriculum={STAGES}", "train.steps=4", "train.checkpoint_every=1", "train.sample_every=4",
         "train.log_every=1", "train.grid_latents=1", "train.grid_views=2", "train.threads=1"]
 
@@ -28,7 +28,13 @@ def _stage(i, start, res, batch=4, lr=1e-3):
 def test_stage_at_and_fade():
     c = Curriculum((_stage(0, 0, 8), _stage(1, 100, 16), _stage(2, 250, 32)), fade_steps=50)
     assert [c.stage_at(s).index for s in (0, 99, 100, 249, 250, 10 ** 6)] == [0, 0, 1, 1, 2, 2]
-    assert c.fade(0) == 1.0 and c.fade(100) == 0.0 and c.fade(125) == 0.5 and c.fade(150) == 1.0
+    # pi-GAN's alpha = (step - first step at this output size) / fade_steps: the first stage fades in too
+    assert c.fade(0) == 0.0 and c.fade(25) == 0.5 and c.fade(99) == 1.0
+    assert c.fade(100) == 0.0 and c.fade(125) == 0.5 and c.fade(150) == 1.0
+    # a stage that keeps the output size (new learning rates only) does not restart the fade
+    same = Curriculum((_stage(0, 0, 8), _stage(1, 100, 16), _stage(2, 110, 16)), fade_steps=50)
+    assert same.fade(110) == pytest.approx(0.2) and same.fade(150) == 1.0
+    assert Curriculum((_stage(0, 0, 8),), fade_steps=0).fade(0) == 1.0
     with pytest.raises(ValueError, match="strictly increasing"):
         Curriculum((_stage(0, 0, 8), _stage(1, 0, 16)))
 
@@ -39,6 +45,13 @@ def test_curriculum_params_pose_weight_and_stages_above_the_data():
     assert [s.resolution for s in c.stages] == [64, 128, 256]  # the 512 stage needs 512 data
     assert [s.pose_weight for s in c.stages] == [15.0, 15.0, 0.0]  # stops above 128
     assert (c.stages[0].batch_per_gpu, c.stages[0].lr_g, c.stages[0].lr_d) == (56, 6e-5, 2e-4)
+    # stages without their own pose weight: mvcgan.pose_weight up to pose_max_resolution, 0 above
+    rule = curriculum_from_params(load_params(overrides=[
+        "model=mvcgan", "pack.resolution=32", "mvcgan.pose_weight=3",
+        "mvcgan.curriculum=[{start: 0, resolution: 16, ray_resolution: 8, batch_per_gpu: 1, lr_g: 1, lr_d: 1},"
+        " {start: 5, resolution: 32, ray_resolution: 8, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]",
+        "mvcgan.pose_max_resolution=16"]))
+    assert [s.pose_weight for s in rule.stages] == [3.0, 0.0]
     assert recipe_from_params(p).r1_gamma == 0.2 and recipe_from_params(p).views_per_latent == 1
     with pytest.raises(ParamsError, match=r"mvcgan\.curriculum\.0\.resolution"):
         curriculum_from_params(load_params(overrides=[
@@ -92,7 +105,9 @@ def test_two_stage_run_switches_and_resumes_into_the_second_stage(packed, monkey
     assert int(before["G"]["stage_resolution"]) == 8 and before["opt_G"]["param_groups"][0]["lr"] == 0.001
     assert int(after["G"]["stage_resolution"]) == 16 and after["opt_G"]["param_groups"][0]["lr"] == 0.0005
     assert after["opt_D"]["param_groups"][0]["lr"] == 0.0007
+    assert len(after["opt_G"]["param_groups"]) == 1  # the mapping network at the generator's lr (unique_lr: False)
     assert float(after["G"]["stage_fade"]) == 0.0  # the new resolution starts fading in
+    assert float(before["G"]["stage_fade"]) == 0.5  # so did the first: fade 2 steps, checkpoint after step 1
     from PIL import Image
     with Image.open(straight / "samples" / "final.png") as grid:
         assert grid.size == (2 * 16, 16)

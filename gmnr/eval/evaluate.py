@@ -128,7 +128,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     trained = trained.model_copy(update={"evaluate": e})  # evaluation settings: today's params
     run_dir = Path(params.paths.runs) / trained.dataset / trained.model
     output = output or run_dir / (f"metrics_{baseline}.json" if baseline else "metrics.json")
-    cam = trained.camera()
+    cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
     ctx = EvalContext(resolution=trained.training_resolution(), fov_deg=cam.fov_deg, radius=cam.radius,
                       center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,
                       truncation=cam.truncation, n_planes=_n_planes(trained), device=device, seed=params.seed,

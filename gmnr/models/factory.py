@@ -21,14 +21,13 @@ def _gmpi_fields(params: Params) -> dict:
 
 def _mvcgan_fields(params: Params) -> dict:
     from gmnr.train.curriculum import curriculum_from_params
-    cam, m = params.camera(), params.mvcgan
+    cam, m = params.model_camera(), params.mvcgan  # MVCGAN's own camera, not the dataset's GMPI camera
     rays = [s.ray_resolution for s in curriculum_from_params(params).stages]
     return dict(resolution=params.training_resolution(), ray_resolution=rays[-1], min_ray_resolution=min(rays),
-                z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers,
-                mapping_lr_multiplier=m.mapping_lr_multiplier, siren_layers=m.siren_layers,
-                siren_hidden=m.siren_hidden, freq_scale=m.freq_scale, freq_bias=m.freq_bias,
-                feature_dim=m.feature_dim, samples_per_ray=m.samples_per_ray, decoder_channels=m.decoder_channels,
-                fov_deg=cam.fov_deg, center=tuple(cam.center), depth_range=tuple(cam.depth_range))
+                z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers, siren_layers=m.siren_layers,
+                siren_hidden=m.siren_hidden, freq_scale=m.freq_scale, freq_bias=m.freq_bias, box_side=m.box_side,
+                samples_per_ray=m.samples_per_ray, decoder_channels=tuple(m.decoder_channels),
+                fov_deg=cam.fov_deg, center=tuple(cam.center), ray_range=tuple(cam.depth_range))
 
 
 def build_generator(params: Params) -> torch.nn.Module:
@@ -57,7 +56,7 @@ def build_discriminator(params: Params) -> torch.nn.Module:
     if params.model == "mvcgan":
         from gmnr.models.mvcgan_discriminator import PoseDiscriminator
         m = params.mvcgan
-        return PoseDiscriminator(params.training_resolution(), m.d_channel_base, m.d_channel_max)
+        return PoseDiscriminator(params.training_resolution(), m.d_channel_base, m.d_channel_min, m.d_channel_max)
     from gmnr.models.stylegan2 import Discriminator
     g = params.gmpi
     # GMPI and GMNR condition on the camera (flattened world-to-camera matrix); a 2D StyleGAN2 does not

@@ -1,24 +1,31 @@
-"""MVCGAN generator (Zhang et al., CVPR 2022): a pi-GAN radiance field rendered at low resolution
-and a 2D AdaIN decoder that upsamples its feature image to the output resolution.
+"""MVCGAN generator (Zhang et al., CVPR 2022) as published: a pi-GAN FiLM-SIREN radiance field
+whose features are volume-rendered at low resolution, and GNet, a 2D AdaIN decoder whose ToRGB is
+the image (Xuanmeng-Zhang/MVCGAN ``siren/siren.py: SPATIALSIRENBASELINE``,
+``generators/generators.py: ImplicitGenerator3d``, ``generators/refinegan.py: GNet``).
 
-* Mapping: z -> w (StyleGAN2's :class:`MappingNetwork`, trained at ``mapping_lr_multiplier`` times
-  the generator's learning rate, as pi-GAN's mapping network), broadcast to one w per FiLM layer and
-  per decoder AdaIN; a per-layer affine turns w into FiLM frequencies ``freq_scale * f + freq_bias``
-  and phases.
-* Radiance field: a FiLM-SIREN MLP ``h <- sin(freq * (W h + b) + phase)`` on the sample's position
-  (normalised so the [near, far] depth range spans [-1, 1]); density from a linear head on the last
-  hidden layer, features from a FiLM-SIREN colour layer on [view direction, h] and a linear head.
-  The first 3 feature channels pass a sigmoid: they are the low-resolution RGB image in [0, 1].
-* Volume rendering (:mod:`gmnr.render.volume`) of density and features at the stage's ray
-  resolution, sampling between the camera family's near and far planes.
-* Decoder: a 1x1 input layer, then per doubling of resolution an upsampling block (bilinear x2,
-  two 3x3 convs, each followed by AdaIN on w and leaky ReLU) whose ToRGB is added to the upsampled
-  image of the previous resolution (skip architecture, starting from the rendered RGB); a new
-  resolution's ToRGB fades in (progressive growing).
+* Mapping (pi-GAN's ``CustomMappingNetwork``): z -> ``mapping_layers`` x (linear, leaky ReLU) ->
+  one linear layer giving every FiLM layer's raw frequencies and phases. The last hidden layer is
+  the *code* the decoder's AdaIN layers read. Plain linear layers, trained at the generator's
+  learning rate. :meth:`PiGANMapping.forward` returns ``[code, frequencies, phases]`` as one
+  vector ``[B, 1, code_dim]``, so it fits the project's ``mapping -> render`` protocol.
+* Field: points are scaled by ``2 / box_side`` (pi-GAN's UniformBoxWarp), then ``siren_layers``
+  FiLM-SIREN layers ``h <- sin((freq_scale f + freq_bias) * (W h + b) + phase)``; density is a
+  linear head on h; the *features* are one more FiLM-SIREN layer on [view direction, h]
+  (``siren_hidden`` wide: the 256-d features that are rendered); RGB is a linear head on the
+  features with a sigmoid.
+* Rendering (:mod:`gmnr.render.volume`): ``samples_per_ray`` samples between ``ray_range`` (distances
+  along each ray, pi-GAN's ray_start / ray_end), jittered within their bins and with density noise
+  while training, composited once. The published forward pass renders these samples only: its
+  ``hierarchical_sample`` flag is never read, so there are no importance samples here either.
+* Decoder (GNet): leaky ReLU, AdaIN, 3x3 conv, leaky ReLU, AdaIN at the ray resolution; per doubling
+  of the resolution nearest-neighbour upsampling and twice (3x3 conv, leaky ReLU, AdaIN); the
+  image is the newest resolution's ToRGB, faded in over the previous resolution's ToRGB upsampled
+  (bilinear, then a [1 2 1] blur). At the ray resolution itself the image is ToRGB of the first
+  convolution's features. Equalised-learning-rate convolutions (He's constant), biases from 0.
 
 The training stage (output/ray resolution, fade, density-noise std) lives in persistent buffers set
 by :meth:`MVCGANGenerator.set_stage`, so the EMA copy and ``final.pt`` render what training
-reached. Shapes derive from the config; none is hard-coded.
+reached. Every width derives from the config.
 """
 from __future__ import annotations
 
@@ -29,15 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmnr.models.stylegan2 import Conv2dLayer, FullyConnectedLayer, MappingNetwork
 from gmnr.render.camera import intrinsics_from_fov
 from gmnr.render.volume import camera_rays, composite, stratified_depths
 
 Tensor = torch.Tensor
 
-SIREN_INIT_FREQ = 25.0  # pi-GAN's frequency_init(25) for hidden SIREN layers
-FILM_INIT_GAIN = 0.25  # pi-GAN scales its mapping output layer's initial weights by 0.25
+SIREN_INIT_FREQ = 25.0  # pi-GAN's frequency_init(25) for the SIREN's linear layers
+FILM_INIT_GAIN = 0.25  # pi-GAN scales its mapping network's output layer's initial weights by 0.25
+ADAIN_INIT_GAIN = 0.25  # GNet scales its AdaIN style layers' initial weights by 0.25 (biases 0)
+ADAIN_EPS = 1e-8
 LEAKY_SLOPE = 0.2
+MEAN_CODE_SAMPLES = 10_000  # pi-GAN's generate_avg_frequencies: the truncation centre from 10,000 z
+MEAN_CODE_SEED = 0
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -53,21 +63,20 @@ def _is_pow2(n: int) -> bool:
 class MVCGANConfig:
     resolution: int  # the largest output resolution (the packed data's)
     ray_resolution: int  # rays per side when no stage has been set (the curriculum's last stage)
-    min_ray_resolution: int  # the smallest ray resolution of the curriculum (decoder depth)
+    min_ray_resolution: int  # the smallest ray resolution of the curriculum (the decoder's first width)
     z_dim: int = 256
-    w_dim: int = 256
+    w_dim: int = 256  # mapping network width = the decoder's code
     mapping_layers: int = 3
-    mapping_lr_multiplier: float = 0.05
     siren_layers: int = 8
-    siren_hidden: int = 256
+    siren_hidden: int = 256  # = the rendered feature width
     freq_scale: float = 15.0
     freq_bias: float = 30.0
-    feature_dim: int = 32
-    samples_per_ray: int = 24
-    decoder_channels: int = 256
+    box_side: float = 0.24
+    samples_per_ray: int = 16
+    decoder_channels: tuple[int, ...] = (256, 256, 256, 128, 64)
     fov_deg: float = 12.0
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    depth_range: tuple[float, float] = (0.88, 1.12)
+    ray_range: tuple[float, float] = (0.88, 1.12)
 
     def __post_init__(self):
         for name in ("resolution", "ray_resolution", "min_ray_resolution"):
@@ -75,149 +84,219 @@ class MVCGANConfig:
         _require(self.min_ray_resolution <= self.ray_resolution <= self.resolution,
                  f"need min_ray_resolution <= ray_resolution <= resolution, got {self.min_ray_resolution}, "
                  f"{self.ray_resolution}, {self.resolution}")
-        _require(self.feature_dim >= 3, f"feature_dim must be >= 3 (RGB + features), got {self.feature_dim}")
+        needed = 1 + self.max_doublings
+        _require(len(self.decoder_channels) >= needed,
+                 f"decoder_channels has {len(self.decoder_channels)} widths; going from {self.min_ray_resolution} "
+                 f"rays to {self.resolution} px needs {needed} (one at the ray resolution, one per doubling)")
+        _require(0 < self.ray_range[0] < self.ray_range[1], f"ray_range must be 0 < start < end, got {self.ray_range}")
+
+    @property
+    def max_doublings(self) -> int:
+        return int(math.log2(self.resolution // self.min_ray_resolution))
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping network
+# --------------------------------------------------------------------------------------------
+
+class PiGANMapping(nn.Module):
+    """z [B, z_dim] -> code vector [B, 1, w_dim + 2 * num_film * hidden]: the last hidden layer (the
+    decoder's code), then every FiLM layer's raw frequencies, then the phases."""
+
+    def __init__(self, z_dim: int, w_dim: int, layers: int, num_film: int, hidden: int):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_film, self.hidden = z_dim, w_dim, num_film, hidden
+        self.hidden_layers = nn.ModuleList([nn.Linear(z_dim if i == 0 else w_dim, w_dim) for i in range(layers)])
+        self.film = nn.Linear(w_dim, 2 * num_film * hidden)
+        with torch.no_grad():
+            for layer in (*self.hidden_layers, self.film):
+                nn.init.kaiming_normal_(layer.weight, a=LEAKY_SLOPE, mode="fan_in", nonlinearity="leaky_relu")
+            self.film.weight.mul_(FILM_INIT_GAIN)
+
+    @property
+    def code_dim(self) -> int:
+        return self.w_dim + 2 * self.num_film * self.hidden
+
+    def codes(self, z: Tensor) -> Tensor:
+        h = z
+        for layer in self.hidden_layers:
+            h = F.leaky_relu(layer(h), LEAKY_SLOPE)
+        return torch.cat([h, self.film(h)], dim=-1)
+
+    @torch.no_grad()
+    def mean_code(self, device) -> Tensor:
+        """pi-GAN's truncation centre: the mean code of 10,000 latents (fixed seed, so a truncated
+        sample is a function of z alone)."""
+        z = torch.randn(MEAN_CODE_SAMPLES, self.z_dim, generator=torch.Generator().manual_seed(MEAN_CODE_SEED))
+        return self.codes(z.to(device)).mean(0)
+
+    def forward(self, z: Tensor, c=None, truncation_psi: float = 1.0, truncation_cutoff=None,
+                update_w_avg: bool = False) -> Tensor:
+        """The mapping protocol of :class:`gmnr.models.stylegan2.MappingNetwork` (``c``,
+        ``truncation_cutoff`` and ``update_w_avg`` have no meaning here and are ignored)."""
+        _require(z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B, {self.z_dim}], got {tuple(z.shape)}")
+        code = self.codes(z)
+        if truncation_psi != 1.0:
+            code = torch.lerp(self.mean_code(z.device), code, truncation_psi)
+        return code[:, None]
+
+    def split(self, ws: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, 1, code_dim] -> code [B, w_dim], raw frequencies and phases [B, num_film, hidden]."""
+        _require(ws.ndim == 3 and ws.shape[1:] == (1, self.code_dim),
+                 f"ws must be [B, 1, {self.code_dim}], got {tuple(ws.shape)}")
+        ws = ws[:, 0]
+        n = self.num_film * self.hidden
+        shape = (ws.shape[0], self.num_film, self.hidden)
+        return ws[:, :self.w_dim], ws[:, self.w_dim:self.w_dim + n].reshape(shape), ws[:, self.w_dim + n:].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------
 # Radiance field
 # --------------------------------------------------------------------------------------------
 
-class FiLMSiren(nn.Module):
-    """``sin(freq * (W x + b) + phase)`` with per-sample FiLM frequency/phase [N, out]; x [N, P, in]."""
+def _siren_linear(in_features: int, out_features: int, first: bool = False) -> nn.Linear:
+    """pi-GAN's init: the first layer sees raw coordinates (weights U(+-1/in)); every other linear
+    layer of the field U(+-sqrt(6/in)/25), so that sin's argument stays O(1) under the FiLM
+    frequencies (~30). Biases keep nn.Linear's default, as published."""
+    layer = nn.Linear(in_features, out_features)
+    bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / SIREN_INIT_FREQ
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+    return layer
 
-    def __init__(self, in_features: int, out_features: int, first: bool):
+
+class FiLMSiren(nn.Module):
+    """``sin(freq * (W x + b) + phase)``; x [N, P, in], freq and phase [N, out]."""
+
+    def __init__(self, in_features: int, out_features: int, first: bool = False):
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
-        # pi-GAN init: the first layer sees raw coordinates (bound 1/in); later layers are scaled so
-        # that sin's argument stays O(1) under the large FiLM frequencies (bound sqrt(6/in)/25).
-        bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / SIREN_INIT_FREQ
-        with torch.no_grad():
-            self.linear.weight.uniform_(-bound, bound)
+        self.linear = _siren_linear(in_features, out_features, first)
 
     def forward(self, x: Tensor, freq: Tensor, phase: Tensor) -> Tensor:
         return torch.sin(freq[:, None] * self.linear(x) + phase[:, None])
 
 
 class RadianceField(nn.Module):
-    """FiLM-SIREN: positions [N, P, 3], unit directions [N, P, 3], FiLM [N, L + 1, 2, hidden]
-    -> density [N, P], features [N, P, feature_dim] (first 3 in [0, 1])."""
+    """SPATIALSIRENBASELINE: world points [N, P, 3], unit view directions [N, P, 3], FiLM frequencies
+    (already ``freq_scale f + freq_bias``) and phases [N, layers + 1, hidden] -> density [N, P],
+    RGB in [0, 1] [N, P, 3], features [N, P, hidden]."""
 
-    def __init__(self, layers: int, hidden: int, feature_dim: int):
+    def __init__(self, layers: int, hidden: int, box_side: float):
         super().__init__()
-        self.layers, self.hidden, self.feature_dim = layers, hidden, feature_dim
+        self.layers, self.hidden, self.box_scale = layers, hidden, 2.0 / box_side
         self.siren = nn.ModuleList([FiLMSiren(3 if i == 0 else hidden, hidden, first=i == 0) for i in range(layers)])
-        self.density = nn.Linear(hidden, 1)
-        self.colour_film = FiLMSiren(hidden + 3, hidden, first=False)
-        self.colour = nn.Linear(hidden, feature_dim)
+        self.density = _siren_linear(hidden, 1)
+        self.features = FiLMSiren(hidden + 3, hidden)  # on [view direction, h], as published
+        self.rgb = _siren_linear(hidden, 3)
 
     @property
     def num_film(self) -> int:
         return self.layers + 1
 
-    def forward(self, points: Tensor, dirs: Tensor, film: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, points: Tensor, dirs: Tensor, freqs: Tensor, phases: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, p, _ = points.shape
-        _require(dirs.shape == points.shape and film.shape == (n, self.num_film, 2, self.hidden),
-                 f"RadianceField: points {tuple(points.shape)}, dirs {tuple(dirs.shape)}, film {tuple(film.shape)}; "
-                 f"expected film [{n}, {self.num_film}, 2, {self.hidden}]")
-        h = points
+        film = (n, self.num_film, self.hidden)
+        _require(dirs.shape == points.shape and freqs.shape == film and phases.shape == film,
+                 f"RadianceField: points {tuple(points.shape)}, dirs {tuple(dirs.shape)}, freqs {tuple(freqs.shape)}, "
+                 f"phases {tuple(phases.shape)}; expected FiLM [{n}, {self.num_film}, {self.hidden}]")
+        h = points * self.box_scale
         for i, layer in enumerate(self.siren):
-            h = layer(h, film[:, i, 0], film[:, i, 1])
+            h = layer(h, freqs[:, i], phases[:, i])
         sigma = self.density(h)[..., 0]
-        c = self.colour_film(torch.cat([dirs, h], dim=-1), film[:, -1, 0], film[:, -1, 1])
-        feats = self.colour(c)
-        feats = torch.cat([torch.sigmoid(feats[..., :3]), feats[..., 3:]], dim=-1)
-        return sigma, feats
+        features = self.features(torch.cat([dirs, h], dim=-1), freqs[:, -1], phases[:, -1])
+        return sigma, torch.sigmoid(self.rgb(features)), features
 
 
-class FiLMAffine(nn.Module):
-    """w [N, num_film, w_dim] -> FiLM parameters [N, num_film, 2, hidden] (frequency, phase)."""
+# --------------------------------------------------------------------------------------------
+# GNet decoder
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, num_film: int, w_dim: int, hidden: int, freq_scale: float, freq_bias: float, lr_multiplier: float):
+class EqualizedConv2d(nn.Module):
+    """Progressive GAN's equalised convolution: weights N(0, 1), bias 0, and the output (bias
+    included) scaled at run time by He's constant sqrt(2 / fan_in)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
-        self.num_film, self.hidden = num_film, hidden
-        self.freq_scale, self.freq_bias = freq_scale, freq_bias
-        self.affines = nn.ModuleList([FullyConnectedLayer(w_dim, 2 * hidden, lr_multiplier=lr_multiplier)
-                                      for _ in range(num_film)])
-        with torch.no_grad():
-            for a in self.affines:
-                a.weight.mul_(FILM_INIT_GAIN)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.gain = math.sqrt(2.0 / (in_channels * kernel_size ** 2))
+        self.padding = kernel_size // 2
 
-    def forward(self, ws: Tensor) -> Tensor:
-        out = torch.stack([a(ws[:, i]) for i, a in enumerate(self.affines)], dim=1)
-        out = out.reshape(ws.shape[0], self.num_film, 2, self.hidden)
-        return torch.stack([self.freq_scale * out[:, :, 0] + self.freq_bias, out[:, :, 1]], dim=2)
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding) * self.gain
 
-
-# --------------------------------------------------------------------------------------------
-# 2D decoder
-# --------------------------------------------------------------------------------------------
 
 class AdaIN(nn.Module):
-    """Instance-normalise x [N, C, H, W], then scale (1 + a(w)) and shift b(w)."""
+    """Instance-normalise x [N, C, H, W] (variance + 1e-8), then ``a(code) * x + b(code)``; the style
+    layer is a plain linear layer with weights x 0.25 and biases 0, as GNet's."""
 
-    def __init__(self, channels: int, w_dim: int):
+    def __init__(self, code_dim: int, channels: int):
         super().__init__()
-        self.affine = FullyConnectedLayer(w_dim, 2 * channels)
+        self.style = nn.Linear(code_dim, 2 * channels)
+        with torch.no_grad():
+            self.style.weight.mul_(ADAIN_INIT_GAIN)
+            self.style.bias.zero_()
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        scale, shift = self.affine(w)[:, :, None, None].chunk(2, dim=1)
-        return F.instance_norm(x) * (1 + scale) + shift
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = (x.square().mean(dim=(2, 3), keepdim=True) - mean.square()).clamp_min(0)
+        scale, shift = self.style(code)[:, :, None, None].chunk(2, dim=1)
+        return scale * (x - mean) * torch.rsqrt(var + ADAIN_EPS) + shift
 
 
-class UpBlock(nn.Module):
-    """Bilinear x2 upsampling, then two (3x3 conv, AdaIN, leaky ReLU); reads two w."""
+class DecoderScale(nn.Module):
+    """One doubling: nearest x2, then twice (3x3 conv, leaky ReLU, AdaIN)."""
 
-    def __init__(self, channels: int, w_dim: int):
+    def __init__(self, in_channels: int, out_channels: int, code_dim: int):
         super().__init__()
-        # Replicate padding: zero padding makes border pixels differ from the interior, which the
-        # generator turns into bright frames around every image.
-        self.conv0, self.conv1 = (nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate")
-                                  for _ in range(2))
-        self.norm0, self.norm1 = AdaIN(channels, w_dim), AdaIN(channels, w_dim)
-        self.to_rgb = Conv2dLayer(channels, 3, 1)
+        self.conv0, self.conv1 = EqualizedConv2d(in_channels, out_channels, 3), EqualizedConv2d(out_channels, out_channels, 3)
+        self.norm0, self.norm1 = AdaIN(code_dim, out_channels), AdaIN(code_dim, out_channels)
 
-    def forward(self, x: Tensor, w0: Tensor, w1: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = F.leaky_relu(self.norm0(self.conv0(x), w0), LEAKY_SLOPE)
-        return F.leaky_relu(self.norm1(self.conv1(x), w1), LEAKY_SLOPE)
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = self.norm0(F.leaky_relu(self.conv0(x), LEAKY_SLOPE), code)
+        return self.norm1(F.leaky_relu(self.conv1(x), LEAKY_SLOPE), code)
 
 
-class AdaINDecoder(nn.Module):
-    """Rendered features [N, F, r, r] and the rendered RGB [N, 3, r, r] in [-1, 1] -> image
-    [N, 3, R, R]. Skip architecture: every doubling adds its ToRGB to the bilinearly upsampled image
-    of the previous resolution, starting from the rendered RGB, so the 3D-consistent rendering stays
-    the image's base and the decoder adds detail. The newest resolution's ToRGB is faded in:
-    ``up(image at R/2) + fade * ToRGB_R``, so fade 0 shows exactly the previous stage's image."""
+def blur_121(x: Tensor) -> Tensor:
+    """The normalised [1 2 1] x [1 2 1] blur with reflected borders (kornia ``filter2d``'s default)."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    k = (k[:, None] * k[None, :]) / 16.0
+    c = x.shape[1]
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k.expand(c, 1, 3, 3), groups=c)
 
-    def __init__(self, feature_dim: int, channels: int, w_dim: int, min_input: int, max_output: int):
+
+class GNetDecoder(nn.Module):
+    """Rendered features [N, F, r, r] and codes [N, code_dim] -> image [N, 3, r * 2^k, r * 2^k].
+
+    ``widths[0]`` is the first convolution's (at r), ``widths[i]`` that of the i-th doubling;
+    ``to_rgb[i]`` reads the features after i doublings. With k doublings the image is
+    ``(1 - fade) * blur(up(to_rgb[k-1])) + fade * to_rgb[k]``; with none it is ``to_rgb[0]``."""
+
+    def __init__(self, feature_dim: int, widths: tuple[int, ...], code_dim: int):
         super().__init__()
-        self.channels = channels
-        self.resolutions = [2 ** k for k in range(int(math.log2(min_input)) + 1, int(math.log2(max_output)) + 1)]
-        self.from_features = Conv2dLayer(feature_dim, channels, 1, activation="lrelu")
-        self.blocks = nn.ModuleDict({str(r): UpBlock(channels, w_dim) for r in self.resolutions})
+        self.widths = tuple(widths)
+        self.norm_in = AdaIN(code_dim, feature_dim)
+        self.conv_in = EqualizedConv2d(feature_dim, widths[0], 3)
+        self.norm_conv = AdaIN(code_dim, widths[0])
+        self.scales = nn.ModuleList([DecoderScale(widths[i - 1], widths[i], code_dim) for i in range(1, len(widths))])
+        self.to_rgb = nn.ModuleList([EqualizedConv2d(w, 3, 1) for w in widths])
 
-    @property
-    def num_ws(self) -> int:
-        return 2 * len(self.resolutions)
-
-    def forward(self, features: Tensor, rgb: Tensor, ws: Tensor, resolution: int, fade: float) -> Tensor:
-        r = features.shape[-1]
-        _require(rgb.shape[-2:] == features.shape[-2:] and ws.shape[1] == self.num_ws,
-                 f"AdaINDecoder: features {tuple(features.shape)}, rgb {tuple(rgb.shape)}, ws {tuple(ws.shape)}")
-        if resolution == r:
-            return rgb
-        _require(str(resolution) in self.blocks and resolution > r and _is_pow2(resolution // r),
-                 f"decoder cannot go from {r} to {resolution} (built for {self.resolutions})")
-        x = self.from_features(features)
-        image = rgb
-        while x.shape[-1] < resolution:
-            res = 2 * x.shape[-1]
-            i = 2 * self.resolutions.index(res)
-            block = self.blocks[str(res)]
-            x = block(x, ws[:, i], ws[:, i + 1])
-            gain = fade if res == resolution else 1.0
-            image = F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False) + gain * block.to_rgb(x)
-        return image
+    def forward(self, features: Tensor, code: Tensor, doublings: int, fade: float) -> Tensor:
+        _require(features.ndim == 4 and code.shape == (features.shape[0], self.norm_in.style.in_features),
+                 f"GNetDecoder: features {tuple(features.shape)}, code {tuple(code.shape)}")
+        _require(0 <= doublings < len(self.widths), f"the decoder has {len(self.widths) - 1} doublings, "
+                                                    f"asked for {doublings}")
+        x = self.norm_in(F.leaky_relu(features, LEAKY_SLOPE), code)
+        x = self.norm_conv(F.leaky_relu(self.conv_in(x), LEAKY_SLOPE), code)
+        if doublings == 0:
+            return self.to_rgb[0](x)
+        for i in range(doublings):
+            previous = x
+            x = self.scales[i](x, code)
+        skip = blur_121(F.interpolate(self.to_rgb[doublings - 1](previous), scale_factor=2, mode="bilinear",
+                                      align_corners=False))
+        return torch.lerp(skip, self.to_rgb[doublings](x), fade)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,16 +307,12 @@ class MVCGANGenerator(nn.Module):
     def __init__(self, cfg: MVCGANConfig):
         super().__init__()
         self.cfg = cfg
-        self.field = RadianceField(cfg.siren_layers, cfg.siren_hidden, cfg.feature_dim)
-        self.decoder = AdaINDecoder(cfg.feature_dim, cfg.decoder_channels, cfg.w_dim, cfg.min_ray_resolution,
-                                    cfg.resolution)
+        self.field = RadianceField(cfg.siren_layers, cfg.siren_hidden, cfg.box_side)
         self.num_film = self.field.num_film
+        self.mapping = PiGANMapping(cfg.z_dim, cfg.w_dim, cfg.mapping_layers, self.num_film, cfg.siren_hidden)
+        self.decoder = GNetDecoder(cfg.siren_hidden, cfg.decoder_channels[:1 + cfg.max_doublings], cfg.w_dim)
         self.z_dim, self.w_dim = cfg.z_dim, cfg.w_dim
-        self.num_ws = self.num_film + self.decoder.num_ws
-        self.mapping = MappingNetwork(cfg.z_dim, 0, cfg.w_dim, self.num_ws, num_layers=cfg.mapping_layers,
-                                      lr_multiplier=cfg.mapping_lr_multiplier)
-        self.film = FiLMAffine(self.num_film, cfg.w_dim, cfg.siren_hidden, cfg.freq_scale, cfg.freq_bias,
-                               cfg.mapping_lr_multiplier)
+        self.num_ws = 1
         # The training stage: persistent, so G_ema (whose buffers the trainer copies) and final.pt
         # render at the resolution training reached.
         self.register_buffer("stage_resolution", torch.tensor(cfg.resolution))
@@ -258,7 +333,8 @@ class MVCGANGenerator(nn.Module):
         """Output and ray resolution, fade-in of the newest decoder resolution in [0, 1], and the
         std of the noise added to densities when rendering with noise_mode='random'."""
         ok = (_is_pow2(resolution) and _is_pow2(ray_resolution) and self.cfg.min_ray_resolution <= ray_resolution
-              <= resolution <= self.cfg.resolution)
+              <= resolution <= self.cfg.resolution
+              and math.log2(resolution // ray_resolution) < len(self.decoder.widths))
         _require(ok, f"stage resolution {resolution} / rays {ray_resolution}: need powers of two with "
                      f"{self.cfg.min_ray_resolution} <= rays <= resolution <= {self.cfg.resolution}")
         _require(0.0 <= fade <= 1.0 and density_noise >= 0, f"fade must be in [0, 1] and density_noise >= 0, "
@@ -274,7 +350,7 @@ class MVCGANGenerator(nn.Module):
         return intrinsics_from_fov(self.cfg.fov_deg, self.resolution).to(device)
 
     def ray_intrinsics(self, n: int, intrinsics: Tensor | None, device) -> Tensor:
-        """Pixel intrinsics at the ray resolution: [1, 3, 3] (the family's fov) or [n, 3, 3] from
+        """Pixel intrinsics at the ray resolution: [1, 3, 3] (MVCGAN's fov) or [n, 3, 3] from
         normalised ``intrinsics`` (the dataset's label form)."""
         r = self.ray_resolution
         if intrinsics is None:
@@ -287,54 +363,65 @@ class MVCGANGenerator(nn.Module):
     # -- rendering ----------------------------------------------------------------------------
     def render_rays(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None,
                     noise_mode: str = "const") -> dict[str, Tensor]:
-        """Volume-render ``ws`` [B, num_ws, w_dim] from ``cam2world`` [B * V, 4, 4] (V views per
-        latent, latent-major) at the ray resolution r. Returns ``features`` [B * V, F, r, r] (the
-        first 3 channels: RGB in [0, 1]), ``image_raw`` [B * V, 3, r, r] in [-1, 1], ``depth_raw``
-        [B * V, 1, r, r] (camera z), ``opacity_raw`` and ``k_rays`` (pixel intrinsics at r,
-        [1 or B * V, 3, 3]). ``noise_mode='random'`` jitters the samples and adds density noise."""
+        """Volume-render the codes ``ws`` [B, 1, code_dim] from ``cam2world`` [B * V, 4, 4] (V views
+        per latent, latent-major) at the ray resolution r. Returns ``features`` [B * V, F, r, r],
+        ``rgb_raw`` [B * V, 3, r, r] in [0, 1] (the field's own colour), ``image_raw`` (the same in
+        [-1, 1]), ``depth_raw`` [B * V, 1, r, r] (camera z), ``opacity_raw`` and ``k_rays`` (pixel
+        intrinsics at r, [1 or B * V, 3, 3]).
+
+        ``noise_mode='random'`` (training) jitters the samples within their bins and adds density
+        noise; the light no sample stops is lost (pi-GAN's ``last_back: False``). Otherwise the
+        samples sit at their bin centres and that light takes the last sample's values, as the
+        published evaluation renders (``eval_last_back: True``). The expected depth always puts it
+        at the last sample, so a ray that passes everything ends at the far end, not at 0."""
         b = ws.shape[0]
-        _require(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
-                 f"ws must be [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         n = cam2world.shape[0]
         _require(cam2world.shape[1:] == (4, 4) and n % b == 0,
                  f"cam2world must be [B * V, 4, 4] with B = {b}, got {tuple(cam2world.shape)}")
-        ws = ws.repeat_interleave(n // b, 0)
+        code, freqs, phases = self.mapping.split(ws)
+        freqs = self.cfg.freq_scale * freqs + self.cfg.freq_bias
+        views = n // b
         r, s = self.ray_resolution, self.cfg.samples_per_ray
-        near, far = self.cfg.depth_range
+        start, end = self.cfg.ray_range
         random = noise_mode == "random"
         k = self.ray_intrinsics(n, intrinsics, ws.device)
         origins, dirs, cos = camera_rays(cam2world.float(), k, r, r)  # [N, r, r, 3], [N, r, r]
-        z = stratified_depths(near, far, s, (n, r, r), perturb=random, device=ws.device)
-        t = z / cos[..., None]  # distance along the unit ray to camera depth z
+        t = stratified_depths(start, end, s, (n, r, r), perturb=random, device=ws.device)  # along the unit ray
         points = origins[..., None, :] + dirs[..., None, :] * t[..., None]  # [N, r, r, S, 3]
-        center = torch.as_tensor(self.cfg.center, device=ws.device, dtype=points.dtype)
-        points = (points - center) * (2.0 / (far - near))  # the depth range spans [-1, 1] (pi-GAN's box warp)
         view = dirs[..., None, :].expand_as(points)
-        noise = float(self.density_noise) if random else 0.0
         # The field stays in float32 under autocast: sin of FiLM frequencies ~30-100 times O(1)
         # arguments is meaningless at bfloat16's 8-bit mantissa.
         with torch.autocast(ws.device.type, enabled=False):
-            film = self.film(ws[:, :self.num_film].float())
-            sigma, feats = self.field(points.reshape(n, -1, 3), view.reshape(n, -1, 3), film)
-            out = composite(sigma.reshape(n, r, r, s), feats.reshape(n, r, r, s, -1), t, noise_std=noise)
-        features = out["values"].permute(0, 3, 1, 2)
-        depth = (out["depth"] * cos)[:, None]  # along-ray distance -> camera z
-        return {"features": features, "image_raw": features[:, :3] * 2 - 1, "depth_raw": depth,
+            sigma, rgb, feats = self.field(points.reshape(n, -1, 3), view.reshape(n, -1, 3),
+                                           freqs.float().repeat_interleave(views, 0),
+                                           phases.float().repeat_interleave(views, 0))
+            values = torch.cat([rgb, feats], dim=-1).reshape(n, r, r, s, -1)
+            background = 0.0 if random else values[..., -1, :]
+            out = composite(sigma.reshape(n, r, r, s), values, t,
+                            noise_std=float(self.density_noise) if random else 0.0, background=background)
+        rendered = out["values"].permute(0, 3, 1, 2)
+        rgb_raw, features = rendered[:, :3], rendered[:, 3:]
+        depth = (out["depth"] * cos)[:, None]  # expected distance along the ray -> camera z
+        return {"features": features, "rgb_raw": rgb_raw, "image_raw": rgb_raw * 2 - 1, "depth_raw": depth,
                 "opacity_raw": out["opacity"][:, None], "k_rays": k}
 
     def decode(self, ws: Tensor, features: Tensor) -> Tensor:
         """Rendered features [B * V, F, r, r] -> image [B * V, 3, R, R] at the stage's resolution."""
         n = features.shape[0]
-        ws = ws.repeat_interleave(n // ws.shape[0], 0)
-        return self.decoder(features, features[:, :3] * 2 - 1, ws[:, self.num_film:], self.resolution,
-                            float(self.stage_fade))
+        code = self.mapping.split(ws)[0].repeat_interleave(n // ws.shape[0], 0)
+        doublings = int(math.log2(self.resolution // features.shape[-1]))
+        _require(features.shape[-1] << doublings == self.resolution,
+                 f"features of {features.shape[-1]} px cannot be decoded to {self.resolution} px")
+        image = self.decoder(features, code, doublings, float(self.stage_fade))
+        assert image.shape == (n, 3, self.resolution, self.resolution), image.shape
+        return image
 
     def render(self, ws: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, n_planes: int | None = None,
                noise_mode: str = "const") -> dict[str, Tensor]:
         """The generator protocol (see :class:`gmnr.models.gmpi.GMPIGenerator.render`): image
-        [B * V, 3, R, R] in [-1, 1] and depth [B * V, 1, R, R] (camera z) at the stage's output
-        resolution R, plus the low-resolution rendering (``render_rays``). ``n_planes`` is ignored
-        (there are no planes)."""
+        [B * V, 3, R, R] (GNet's output, unbounded like the published generator's) and depth
+        [B * V, 1, R, R] (camera z) at the stage's output resolution R, plus the low-resolution
+        rendering (``render_rays``). ``n_planes`` is ignored (there are no planes)."""
         out = self.render_rays(ws, cam2world, intrinsics, noise_mode)
         image = self.decode(ws, out["features"])
         depth = F.interpolate(out["depth_raw"], size=image.shape[-2:], mode="bilinear", align_corners=False)
@@ -342,6 +429,5 @@ class MVCGANGenerator(nn.Module):
 
     def forward(self, z: Tensor, cam2world: Tensor, intrinsics: Tensor | None = None, truncation_psi: float = 1.0,
                 n_planes: int | None = None, noise_mode: str = "const") -> dict[str, Tensor]:
-        _require(z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B, {self.z_dim}], got {tuple(z.shape)}")
         ws = self.mapping(z, None, truncation_psi=truncation_psi)
         return self.render(ws, cam2world, intrinsics, n_planes, noise_mode)

@@ -1,11 +1,20 @@
-"""MVCGAN's discriminator (pi-GAN's): a progressive CoordConv residual encoder with a pose head.
+"""MVCGAN's discriminator as published (``discriminators/sgdiscriminators.py:
+CCSEncoderDiscriminator``): a progressive residual CoordConv encoder with a pose head.
 
-Every convolution sees two extra channels with the pixel's normalised (x, y) coordinates
-(CoordConv, Liu et al. 2018), which lets the network reason about where things are, and so about
-the camera pose. Input resolution R enters through its own ``from_rgb`` and goes down by residual
-blocks to 4x4; a new resolution fades in over the average-pooled image seen by the previous
-resolution's ``from_rgb`` (progressive growing). The head predicts one realism logit and the
-camera (yaw, pitch) the image was rendered from.
+* Every 3x3 convolution of a block sees two extra channels with the pixel's row and column
+  coordinates in [-1, 1] (CoordConv, Liu et al. 2018; ``AddCoords``), which lets the network
+  reason about where things are, and so about the camera pose.
+* An image of resolution R enters through its ``from_rgb`` (1x1 conv + leaky ReLU) and goes down by
+  residual blocks (CoordConv 3x3, leaky ReLU, CoordConv 3x3 with stride 2, leaky ReLU; a strided
+  1x1 projection as the shortcut; the sum over sqrt(2)) to 2x2, where a 2x2 convolution gives the
+  realism logit and the pose.
+* A new resolution fades in after its first block over the previous resolution's ``from_rgb`` of
+  the nearest-neighbour half-size image (``alpha`` in the published code; the published first stage
+  fades in too).
+* Widths: ``clamp(channel_base / r, channel_min, channel_max)`` at resolution r, which gives the
+  published 32 (>= 256 px), 64, 128, 256 and 400 (<= 16 px) with base 8192, min 32, max 400.
+* The published head also outputs 256 values that predict the latent (``z_lambda``); MVCGAN sets
+  their weight to 0, so they enter no loss and are left out here.
 """
 from __future__ import annotations
 
@@ -18,74 +27,80 @@ from torch import nn
 Tensor = torch.Tensor
 
 LEAKY_SLOPE = 0.2
-MIN_RESOLUTION = 4
-POSE_OUTPUTS = 2  # yaw, pitch
+MIN_INPUT = 4  # smallest image the discriminator takes (its blocks go down to 2x2)
+HEAD_RESOLUTION = 2  # the last block's output, read by the 2x2 head convolution
+POSE_OUTPUTS = 2  # pi-GAN's (pitch, yaw) angles of the camera on its sphere
 
 
-def _coords(x: Tensor) -> Tensor:
+def add_coords(x: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, C + 2, H, W]: the row coordinate, then the column coordinate, each
+    ``index / (size - 1) * 2 - 1`` (CoordConv's ``AddCoords`` without the radius channel)."""
     n, _, h, w = x.shape
-    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # [2, H, W]: x, y
+    rows = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    cols = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=0)  # [2, H, W]
     return torch.cat([x, grid.expand(n, 2, h, w)], dim=1)
 
 
+def _kaiming_leaky(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.kaiming_normal_(conv.weight, a=LEAKY_SLOPE, mode="fan_in", nonlinearity="leaky_relu")
+    return conv
+
+
 class CoordConv(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size, padding=kernel_size // 2)
+        self.conv = _kaiming_leaky(nn.Conv2d(in_channels + 2, out_channels, 3, stride=stride, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(_coords(x))
+        return self.conv(add_coords(x))
 
 
-class ResidualDown(nn.Module):
-    """Two CoordConv 3x3 + leaky ReLU, then 2x average pooling; a 1x1 skip; sum / sqrt(2)."""
+class ResidualCoordBlock(nn.Module):
+    """``ResidualCCBlock``: [N, C_in, H, W] -> [N, C_out, H / 2, W / 2]."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv0 = CoordConv(in_channels, out_channels, 3)
-        self.conv1 = CoordConv(out_channels, out_channels, 3)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.conv0 = CoordConv(in_channels, out_channels)
+        self.conv1 = CoordConv(out_channels, out_channels, stride=2)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.leaky_relu(self.conv0(x), LEAKY_SLOPE)
-        y = F.avg_pool2d(F.leaky_relu(self.conv1(y), LEAKY_SLOPE), 2)
-        return (y + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2.0)
+        y = F.leaky_relu(self.conv1(y), LEAKY_SLOPE)
+        return (y + self.skip(x)) / math.sqrt(2.0)
 
 
 class PoseDiscriminator(nn.Module):
-    """image [B, 3, R, R] (any power of two 4 <= R <= resolution), fade in [0, 1]
-    -> logits [B], pose [B, 2] (yaw, pitch in radians)."""
+    """image [B, 3, R, R] (a power of two, 4 <= R <= resolution), fade in [0, 1]
+    -> logits [B], pose [B, 2] (the camera's polar and azimuthal angle, as pi-GAN samples them)."""
 
-    def __init__(self, resolution: int, channel_base: int, channel_max: int):
+    def __init__(self, resolution: int, channel_base: int, channel_min: int, channel_max: int):
         super().__init__()
-        if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
-            raise ValueError(f"discriminator resolution must be a power of two >= {MIN_RESOLUTION}, got {resolution}")
+        if resolution < MIN_INPUT or resolution & (resolution - 1):
+            raise ValueError(f"discriminator resolution must be a power of two >= {MIN_INPUT}, got {resolution}")
         self.resolution = resolution
-        self.resolutions = [2 ** k for k in range(int(math.log2(MIN_RESOLUTION)), int(math.log2(resolution)) + 1)]
-        self.channels = {r: max(1, min(channel_base // r, channel_max)) for r in self.resolutions}
-        self.from_rgb = nn.ModuleDict({str(r): CoordConv(3, self.channels[r], 1) for r in self.resolutions})
-        self.blocks = nn.ModuleDict({str(r): ResidualDown(self.channels[r], self.channels[r // 2])
-                                     for r in self.resolutions if r > MIN_RESOLUTION})
-        c4 = self.channels[MIN_RESOLUTION]
-        self.final_conv = CoordConv(c4, c4, 3)
-        self.head = nn.Linear(c4 * MIN_RESOLUTION ** 2, 1 + POSE_OUTPUTS)
+        sizes = [2 ** k for k in range(int(math.log2(HEAD_RESOLUTION)), int(math.log2(resolution)) + 1)]
+        self.channels = {r: max(channel_min, min(channel_base // r, channel_max)) for r in sizes}
+        self.from_rgb = nn.ModuleDict({str(r): nn.Conv2d(3, self.channels[r], 1) for r in sizes})
+        self.blocks = nn.ModuleDict({str(r): ResidualCoordBlock(self.channels[r], self.channels[r // 2])
+                                     for r in sizes if r >= MIN_INPUT})
+        self.head = nn.Conv2d(self.channels[HEAD_RESOLUTION], 1 + POSE_OUTPUTS, HEAD_RESOLUTION)
 
-    def _enter(self, image: Tensor, r: int) -> Tensor:
-        return F.leaky_relu(self.from_rgb[str(r)](image), LEAKY_SLOPE)
+    def _enter(self, image: Tensor) -> Tensor:
+        return F.leaky_relu(self.from_rgb[str(image.shape[-1])](image), LEAKY_SLOPE)
 
     def forward(self, image: Tensor, fade: float = 1.0) -> tuple[Tensor, Tensor]:
         r = image.shape[-1]
-        if image.ndim != 4 or image.shape[1] != 3 or image.shape[-2] != r or str(r) not in self.from_rgb:
+        if image.ndim != 4 or image.shape[1] != 3 or image.shape[-2] != r or str(r) not in self.blocks:
             raise ValueError(f"PoseDiscriminator takes [B, 3, R, R] with R a power of two in "
-                             f"[{MIN_RESOLUTION}, {self.resolution}], got {tuple(image.shape)}")
-        x = self._enter(image, r)
-        while x.shape[-1] > MIN_RESOLUTION:
-            res = x.shape[-1]
-            x = self.blocks[str(res)](x)
-            if res == r and fade < 1.0:  # the new resolution fades in over the previous one's input
-                x = torch.lerp(self._enter(F.avg_pool2d(image, 2), r // 2), x, fade)
-        x = F.leaky_relu(self.final_conv(x), LEAKY_SLOPE)
-        out = self.head(x.flatten(1))
+                             f"[{MIN_INPUT}, {self.resolution}], got {tuple(image.shape)}")
+        x = self.blocks[str(r)](self._enter(image))
+        if fade < 1.0:  # the input resolution fades in over the previous one's entry
+            half = F.interpolate(image, scale_factor=0.5, mode="nearest")
+            x = torch.lerp(self._enter(half), x, fade)
+        while x.shape[-1] > HEAD_RESOLUTION:
+            x = self.blocks[str(x.shape[-1])](x)
+        out = self.head(x).flatten(1)
+        assert out.shape == (image.shape[0], 1 + POSE_OUTPUTS), out.shape
         return out[:, 0], out[:, 1:]

@@ -118,14 +118,18 @@ def intrinsics_from_fov(fov_deg: float, width: int, height: int | None = None,
     return k
 
 
-def sample_pose_prior(n: int, yaw_std: float, pitch_std: float, truncation: float,
+def sample_pose_prior(n: int, yaw_std: float, pitch_std: float, truncation: float | None,
                       generator: torch.Generator | None = None, dtype=None) -> dict[str, Tensor]:
-    """Yaw and pitch [n] from zero-mean normals truncated at ``truncation`` standard deviations."""
+    """Yaw and pitch [n] from zero-mean normals truncated at ``truncation`` standard deviations
+    (``None``: not truncated, as pi-GAN's and MVCGAN's Gaussian prior)."""
     dtype = dtype or torch.get_default_dtype()
     out = {}
     for name, std in (("yaw", yaw_std), ("pitch", pitch_std)):
-        x = torch.empty(n, dtype=dtype)
-        torch.nn.init.trunc_normal_(x, 0.0, 1.0, -truncation, truncation, generator=generator)
+        if truncation is None:
+            x = torch.randn(n, generator=generator, dtype=dtype)
+        else:
+            x = torch.empty(n, dtype=dtype)
+            torch.nn.init.trunc_normal_(x, 0.0, 1.0, -truncation, truncation, generator=generator)
         out[name] = x * std
     return out
 

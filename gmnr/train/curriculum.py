@@ -42,12 +42,15 @@ class Curriculum:
         return self.stages[bisect.bisect_right([s.start for s in self.stages], step) - 1]
 
     def fade(self, step: int) -> float:
-        """Fade-in of the stage's resolution: 0 -> 1 over ``fade_steps`` after a stage that grows
-        the output resolution, 1 otherwise."""
-        stage = self.stage_at(step)
-        if not stage.grows or self.fade_steps <= 0:
+        """Fade-in of the stage's output resolution: 0 -> 1 over ``fade_steps`` from the first step
+        at that resolution, 1 without ``fade_steps``. As in pi-GAN / MVCGAN (``alpha = (step -
+        last_upsample_step) / fade_steps``), the first stage fades in too: its discriminator starts
+        on the half-resolution path."""
+        if self.fade_steps <= 0:
             return 1.0
-        return min(1.0, (step - stage.start) / self.fade_steps)
+        resolution = self.stage_at(step).resolution
+        since = min(s.start for s in self.stages if s.resolution == resolution and s.start <= step)
+        return min(1.0, (step - since) / self.fade_steps)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class Trainer:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.stage.lr_g, betas=tuple(t.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.stage.lr_d * self.d_ratio,
                                       betas=tuple(b ** self.d_ratio for b in t.betas))
-        cam = params.camera()
+        cam = params.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
         self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
         use_amp = t.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
@@ -195,6 +195,9 @@ class Trainer:
         stage = self.enter_stage(step)
         torch.manual_seed(step_generator(self.params.seed, step, STREAM_NOISE).initial_seed() + self.info.rank)
         real = self._real_batch(step)
+        augment = getattr(self.loss, "augment_reals", None)  # optional hook: a model's own real-image augmentation
+        if augment is not None:
+            real["image"] = augment(real["image"])
         z_d, cam_d, z_g, cam_g = self._draws(step)
         stats: dict[str, torch.Tensor] = {"curriculum_stage": torch.tensor(float(stage.index)),
                                           "resolution": torch.tensor(float(stage.resolution))}
@@ -237,9 +240,9 @@ class Trainer:
     # -- outputs --------------------------------------------------------------------------------
     def save_grid(self, name: str) -> Path:
         from gmnr.data.images import write_png_atomic
-        t, cam = self.params.train, self.params.camera()
+        t, cam = self.params.train, self.params.model_camera()
         grid = render_grid(self.G_ema, grid_latents(t.grid_latents, self.G.z_dim, self.device),
-                           grid_cameras(t.grid_views, cam.truncation * cam.yaw_std, cam.radius, cam.center, self.device))
+                           grid_cameras(t.grid_views, cam.sweep_stds() * cam.yaw_std, cam.radius, cam.center, self.device))
         path = self.run_dir / "samples" / f"{name}.png"
         write_png_atomic(path, grid)
         return path
