@@ -10,6 +10,15 @@ off as the published evaluation renders). Writes a table to docs/benchmarks.md.
     python benchmarks/render_speed.py                       # gmpi + gmnr (all, off), 256/512/1024 x 96 planes
     python benchmarks/render_speed.py --models gmnr mvcgan --resolutions 256 512 --planes 96
     python benchmarks/render_speed.py --models gmpi gmnr --gmnr-vdr all sampled off --resolutions 256 --repeats 5
+
+Multi-view mode (``--video N``): one latent seen from N views of a yaw sweep, as ``gmnr render``
+renders a video (the MPI synthesised once; GMNR ``baked`` bakes K once). Each row times the
+synthesis, the bake and ``--timed-frames`` of the N frames (spread over the sweep, one render call
+each); its per-frame time for the whole video is (synthesis + bake + N x mean frame) / N. The
+device can be a GPU, in half precision where the network allows it:
+
+    python benchmarks/render_speed.py --video 48 --models gmpi gmnr --gmnr-vdr baked all off --timed-frames 4
+    python benchmarks/render_speed.py --video 48 --device cuda --dtype float16 --resolutions 1024 --gmnr-vdr baked off
 """
 from __future__ import annotations
 
@@ -91,6 +100,102 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
             "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if pairs else None}
 
 
+def measure_video(model: str, resolution: int, planes: int, frames: int, timed: int, device: str, threads: int,
+                  vdr: str = "all", dtype: str = "float32") -> dict:
+    """One latent, a ``frames``-view yaw sweep (see the module docstring): seconds of the synthesis,
+    the bake and each of ``timed`` frames, and the per-frame time of the whole video."""
+    import torch
+
+    from gmnr.config import load_params
+    from gmnr.models.factory import build_generator, set_inference_vdr
+    from gmnr.render.camera import pose_to_cam2world
+
+    torch.set_num_threads(threads)
+    params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"model={model}", f"pack.resolution={resolution}"])
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    torch.manual_seed(0)  # the same random weights in every row: GMNR's modes render the same MPI
+    G = set_inference_vdr(build_generator(params).to(dev), vdr).eval()
+    cam = params.camera()
+    yaw = cam.truncation * cam.yaw_std * torch.sin(torch.arange(frames) / frames * 2 * torch.pi)
+    cams = pose_to_cam2world(yaw, torch.zeros(frames), 0.0, cam.radius, tuple(cam.center)).to(dev)
+    picked = torch.linspace(0, frames - 1, timed).round().long().tolist()
+    amp = torch.autocast(dev.type, dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast(dev.type, enabled=False)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    with torch.no_grad(), amp:
+        z = torch.randn(1, G.z_dim, device=dev)
+        for warm in (True, False):  # the first pass warms up allocations and kernels; the second is timed
+            sync()
+            start = time.perf_counter()
+            mpi = G.synthesize(G.mapping(z, None), planes, noise_mode="const")
+            sync()
+            synth_s = time.perf_counter() - start
+            bake_s = 0.0
+            if getattr(G, "baking", lambda: False)():
+                start = time.perf_counter()
+                mpi = G.bake(mpi)
+                sync()
+                bake_s = time.perf_counter() - start
+            times, pairs = [], []
+            for i in (picked[:1] if warm else picked):
+                start = time.perf_counter()
+                out = G.render_mpi(mpi, cams[i:i + 1])
+                out["image"].sum().item()
+                times.append(time.perf_counter() - start)
+                pairs.append(int(out["n_sampled"].sum()) if "n_sampled" in out else 0)
+    frame_s = sum(times) / len(times)
+    per_frame = (synth_s + bake_s + frames * frame_s) / frames
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU: {_cpu_name()}, {threads} threads"
+    return {"model": model, "vdr": vdr if model == "gmnr" else "-", "resolution": resolution, "planes": planes,
+            "video_frames": frames, "frames_timed": len(times), "synthesis_s": synth_s, "bake_s": bake_s,
+            "frame_s": frame_s, "seconds_per_frame": per_frame, "fps": 1 / per_frame, "device": name, "dtype": dtype,
+            "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if any(pairs) else None,
+            "peak_memory_mb": (torch.cuda.max_memory_allocated() if dev.type == "cuda"
+                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20,
+            "memory_kind": "CUDA peak allocated" if dev.type == "cuda" else "peak RSS"}
+
+
+def write_video_markdown(rows: list[dict], out: Path, section: str) -> None:
+    argv = sys.argv[1:]
+    shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i > 0 and argv[i - 1] == "--out")]
+    command = shlex.join(["python", "benchmarks/render_speed.py", *shown])
+    load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
+    r0 = rows[0]
+    lines = [f"## {section}", "",
+             f"`{command}` on **{r0['device']}**{load}, {r0['dtype']}, published network sizes (random weights), one "
+             f"latent seen from a {r0['video_frames']}-view yaw sweep as `gmnr render` renders a video: the MPI "
+             f"synthesised once (GMNR `baked`: K baked once on the texel grid), {r0['frames_timed']} of the frames "
+             f"timed one render call each. 'per frame' = (synthesis + bake + frames x mean frame) / frames; "
+             f"'vs GMPI' divides it by GMPI's in the same run. Memory: {r0['memory_kind']}.", "",
+             "| model | VdR | resolution | planes | synthesis (s) | bake (s) | mean frame (s) | per frame of the video (s) "
+             "| FPS | pairs / pixel | peak memory (MB) | vs GMPI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    gmpi = {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == "gmpi"}
+    for r in rows:
+        key = (r["resolution"], r["planes"])
+        ratio = f"{r['seconds_per_frame'] / gmpi[key]:.2f}x" if key in gmpi else "-"
+        per_pixel = f"{r['vdr_pairs_per_pixel']:.2f}" if r.get("vdr_pairs_per_pixel") else "-"
+        lines.append(f"| {r['model']} | {r['vdr']} | {r['resolution']} | {r['planes']} | {r['synthesis_s']:.3f} | "
+                     f"{r['bake_s']:.3f} | {r['frame_s']:.3f} | {r['seconds_per_frame']:.3f} | {r['fps']:.3f} | "
+                     f"{per_pixel} | {r['peak_memory_mb']:.0f} | {ratio} |")
+    _replace_section(out, section, "\n".join(lines) + "\n")
+
+
+def _replace_section(out: Path, section: str, body: str) -> None:
+    text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
+    start = text.find(f"## {section}\n")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + body
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def write_markdown(rows: list[dict], out: Path, section: str = "Render speed") -> None:
     device, kind = rows[0]["device"], rows[0]["memory_kind"]
     argv = sys.argv[1:]
@@ -144,16 +249,7 @@ def write_markdown(rows: list[dict], out: Path, section: str = "Render speed") -
         lines.append(f"| {r['model']} | {r.get('vdr', '-')} | {r['resolution']} | {planes} | "
                      f"{r['seconds_per_frame']:.3f} | {r['fps']:.3f} | {r['peak_memory_mb']:.0f} | {pairs} | "
                      f"{per_pixel} | {vs_gmpi} | {vs_gmnr} |")
-    section = "\n".join(lines) + "\n"
-    text = out.read_text() if out.exists() else "# Benchmarks\n\nEvery table here is written by the command above it.\n\n"
-    start = text.find(f"## {section}\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    _replace_section(out, section, "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -161,8 +257,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["gmpi", "gmnr"], choices=["gmpi", "gmnr", "mvcgan"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--planes", type=int, nargs="+", default=[96])
-    parser.add_argument("--gmnr-vdr", nargs="+", default=["all", "off"], choices=["all", "sampled", "off"],
+    parser.add_argument("--gmnr-vdr", nargs="+", default=["all", "off"], choices=["all", "baked", "sampled", "off"],
                         help="GMNR inference VdR modes, one row each")
+    parser.add_argument("--video", type=int, default=0, metavar="FRAMES",
+                        help="multi-view mode: one latent, a FRAMES-view video (see the module docstring)")
+    parser.add_argument("--timed-frames", type=int, default=4, help="multi-view mode: frames timed per row")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="multi-view mode: autocast dtype (float16 / bfloat16 on a GPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
@@ -173,8 +274,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         model, res, planes, vdr = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3]
-        print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads, vdr)))
+        if args.video:
+            print(json.dumps(measure_video(model, res, planes, args.video, args.timed_frames, args.device,
+                                           args.threads, vdr, args.dtype)))
+        else:
+            print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads, vdr)))
         return
+    if args.video and "mvcgan" in args.models:
+        raise SystemExit("--video times MPI models (gmpi, gmnr); MVCGAN renders every frame from scratch")
     rows = []
     for res in args.resolutions:
         for planes in args.planes:
@@ -185,7 +292,9 @@ def main() -> None:
                     continue  # planes mean nothing to a radiance field: one row per resolution
                 done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), vdr,
                                        "--repeats", str(args.repeats), "--device", args.device,
-                                       "--threads", str(args.threads)], capture_output=True, text=True, cwd=ROOT)
+                                       "--threads", str(args.threads), "--video", str(args.video),
+                                       "--timed-frames", str(args.timed_frames), "--dtype", args.dtype],
+                                      capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:
                     raise SystemExit(f"{model} {res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -193,7 +302,11 @@ def main() -> None:
                       f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB, VdR pairs/pixel "
                       f"{row['vdr_pairs_per_pixel'] or 0:.2f}", flush=True)
                 rows.append(row)
-    write_markdown(rows, args.out, args.section)
+    if args.video:
+        write_video_markdown(rows, args.out, args.section if args.section != "Render speed" else
+                             f"Video render speed ({args.video} frames)")
+    else:
+        write_markdown(rows, args.out, args.section)
     print(f"wrote {args.out}")
 
 

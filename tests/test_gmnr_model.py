@@ -306,3 +306,99 @@ def test_chunked_inference_equals_one_pass(monkeypatch):
         chunked = gmnr.render(ws, cams, generator=_seeded(1))
     assert whole["n_sampled"].sum() > 7 * 10, "the test must cover many chunks"
     assert torch.allclose(whole["image"], chunked["image"], atol=1e-6)
+
+
+# -- baked K (render.vdr: baked) -------------------------------------------------------------------
+
+def test_bilinear_sample_is_grid_sample_with_border_padding():
+    from gmnr.models.gmnr import bilinear_sample
+    torch.manual_seed(0)
+    texture = torch.randn(2, 3, 5, 6, 7)
+    n = 200
+    coords = torch.rand(n, 2) * 2.6 - 1.3  # inside and outside the texture
+    image, plane = torch.randint(0, 2, (n,)), torch.randint(0, 3, (n,))
+    got = bilinear_sample(texture, coords, image, plane)
+    ref = torch.nn.functional.grid_sample(texture[image, plane], coords[:, None, None, :], mode="bilinear",
+                                          padding_mode="border", align_corners=False)[:, :, 0, 0]
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_texel_mask_holds_every_corner_an_eligible_pair_reads():
+    from gmnr.models.gmnr import texel_mask
+    from gmnr.render.mpi import _plane_grid, plane_homographies
+    _, gmnr = _pair(resolution=16, planes=5)
+    gmnr.eval()
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(1, 16), None), 5)
+        alpha = torch.zeros_like(mpi["alpha"])
+        alpha[:, :, :, 6:9, 5:7] = 0.7  # a small opaque patch: most texels stay out of the mask
+        alpha[:, -1] = 1.0
+        mask = texel_mask(alpha, 0.05)
+        assert 0 < mask[:, :-1].float().mean() < 0.2
+        cams = _cams(4)
+        out = gmnr.render_mpi({**mpi, "alpha": alpha}, cams)
+        grid = _plane_grid(plane_homographies(gmnr.canonical_cam2world, gmnr.texture_intrinsics(5)[None], cams,
+                                              gmnr.canonical_intrinsics(), mpi["depths"]), (16, 16), (16, 16))
+    b, p, y, x = (out["weights"][:, :, 0] > 0.05).nonzero(as_tuple=True)
+    g = grid[b, p, y, x]
+    tx, ty = (g[:, 0] + 1) * 8 - 0.5, (g[:, 1] + 1) * 8 - 0.5
+    for ox in (0, 1):
+        for oy in (0, 1):
+            cx, cy = (tx.floor().long() + ox).clamp(0, 15), (ty.floor().long() + oy).clamp(0, 15)
+            assert mask[0, p, 0, cy, cx].all()
+
+
+def _baked_pair(uv_dependent: bool):
+    _, gmnr = _pair(resolution=16, planes=5, vdr_threshold=0.01)
+    if not uv_dependent:  # K a function of (d, w) only: constant over every texel neighbourhood
+        with torch.no_grad():
+            gmnr.vdr.mlp_k.hidden[0].weight[:, :4 * gmnr.cfg.vdr_pos_freqs] = 0
+    return gmnr.eval()
+
+
+def test_baked_equals_all_where_k_is_constant_over_the_texels():
+    """Bilinear interpolation of a K that does not vary with (u, v) is that K: baked (stored in
+    float32 here) renders what `all` renders, pair for pair; with float16 storage within its rounding."""
+    import gmnr.models.gmnr as gmnr_module
+    gmnr = _baked_pair(uv_dependent=False)
+    ws = gmnr.mapping(torch.randn(2, 16), None)
+    cams = _cams(4)
+    with torch.no_grad():
+        exact = gmnr.set_inference_vdr("all").render(ws, cams)
+        baked = gmnr.set_inference_vdr("baked")
+        mpi32 = baked.bake(baked.synthesize(ws, 7), dtype=torch.float32)
+        got = baked.render_mpi(mpi32, cams)
+        half = baked.render(ws, cams)  # float16 K, baked inside render_mpi
+    assert torch.equal(got["n_sampled"], exact["n_sampled"]) and exact["n_sampled"].sum() > 100
+    assert torch.allclose(got["image"], exact["image"], atol=1e-5)
+    assert (half["image"] - exact["image"]).abs().max() < 2 * 4 * 2.5e-4 * 2  # |dK| <= 2^-12 per entry, |H| <= 1
+    assert gmnr_module.BAKED_DTYPE == torch.float16
+
+
+def test_baked_is_close_to_all_and_bakes_once_per_mpi(monkeypatch):
+    gmnr = _baked_pair(uv_dependent=True)
+    ws = gmnr.mapping(torch.randn(1, 16), None)
+    cams = _cams(4)
+    with torch.no_grad():
+        exact = gmnr.set_inference_vdr("all").render(ws, cams)
+        gmnr.set_inference_vdr("baked")
+        mpi = gmnr.bake(gmnr.synthesize(ws, 7))
+        calls = []
+        monkeypatch.setattr(gmnr, "bake", lambda *a, **k: calls.append(1))
+        frames = torch.cat([gmnr.render_mpi(mpi, cams[i:i + 1])["image"] for i in range(4)])
+        off = gmnr.set_inference_vdr("off").render(ws, cams)
+    assert not calls, "a baked MPI is not baked again per view"
+    err = (frames - exact["image"]).abs()
+    vdr = (exact["image"] - off["image"]).abs()
+    assert 0 < err.max() < 0.5 * vdr.max(), "interpolated K: close to the exact one, not equal"
+
+
+def test_chunked_bake_equals_one_pass(monkeypatch):
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(2, 16), None), 5)
+        whole = gmnr.bake(mpi, torch.float32)["baked_k"]
+        monkeypatch.setattr(type(gmnr), "INFERENCE_CHUNK", 13)
+        chunked = gmnr.bake(mpi, torch.float32)["baked_k"]
+    assert (whole != 0).sum() > 13 * 20
+    assert torch.allclose(whole, chunked, atol=1e-6)

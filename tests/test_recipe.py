@@ -104,8 +104,11 @@ def test_published_recipe_defaults():
     t, g = p.train, p.gmpi
     assert (t.lr_g, t.lr_d, tuple(t.betas), t.grad_clip, t.r1_gamma, t.r1_interval) == (0.002, 0.002, (0.0, 0.9), 10.0, 10.0, 1)
     assert t.views_per_latent == 4 and g.mbstd_group_size == 1 and g.d_cmap_dim == 16 and g.train_mapping
+    assert t.steps == 5000 and t.ema_decay == 0.999  # configs/gmpi.yml total_iters 5001 (GMNR: 6001)
     assert (g.shading.enabled, g.shading.start, g.shading.ambient, g.shading.diffuse) == (True, 1000, 0.9, 0.1)
     assert p.gmnr.shading is False
+    from gmnr.train.curriculum import default_batch_per_gpu  # curriculums.FFHQ res_dict: 8 at 256, 4 above
+    assert [default_batch_per_gpu(load_params(overrides=[f"dataset={d}"])) for d in ("ffhq256", "ffhq512")] == [8, 4]
 
 
 @pytest.mark.parametrize("train_mapping", [True, False])
@@ -130,3 +133,40 @@ def test_which_generator_parameters_train(tmp_path, train_mapping):
             assert torch.equal(after[name], before[name]), name
     changed = not torch.equal(after["mapping.fc0.weight"], before["mapping.fc0.weight"])
     assert changed == train_mapping
+
+
+def test_camera_label_is_the_world_to_camera_matrix_in_gmpis_world_frame():
+    """GMPI flattens inverse(c2w) with its world frame at the canonical camera: the canonical camera's
+    label is the identity, and a camera's label maps canonical-frame points into that camera."""
+    from gmnr.models.factory import camera_label
+    frame = pose_to_cam2world(torch.zeros(1), torch.zeros(1))[0]
+    cams = pose_to_cam2world(torch.tensor([0.0, 0.4]), torch.tensor([0.0, -0.2]))
+    labels = camera_label(cams, frame)
+    assert labels.shape == (2, 16)
+    assert torch.allclose(labels[0].reshape(4, 4), torch.eye(4), atol=1e-6)
+    point_canonical = torch.tensor([0.05, -0.02, 1.0, 1.0])            # near the face, canonical frame
+    point_world = frame @ point_canonical
+    expected = torch.linalg.inv(cams[1]) @ point_world                 # the same point in camera 1's frame
+    assert torch.allclose(labels[1].reshape(4, 4) @ point_canonical, expected, atol=1e-5)
+
+
+def test_r1_is_half_gamma_times_the_squared_gradient_norm():
+    """GMPI: grad_penalty = 0.5 * r1_lambda * mean ||d D(x) / dx||^2 over the real batch, every step
+    (interval 1); a D linear in x has the gradient of its weight, whatever x is."""
+    import contextlib
+
+    from gmnr.train.losses import GMPILoss
+
+    class LinearD(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 4, 4))
+
+        def forward(self, x, c):
+            return (x * self.w).sum(dim=(1, 2, 3))[:, None]
+    D = LinearD()
+    loss = GMPILoss(None, D, 10.0, 1, "const", contextlib.nullcontext, torch.eye(4))
+    real = torch.randn(5, 3, 4, 4)
+    value, stats = loss.r1_loss(real, pose_to_cam2world(torch.zeros(5), torch.zeros(5)), interval=1)
+    assert torch.allclose(value, 0.5 * 10.0 * D.w.square().sum(), rtol=1e-5)
+    assert torch.allclose(stats["r1_penalty"], D.w.square().sum(), rtol=1e-5)

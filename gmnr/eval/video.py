@@ -32,12 +32,22 @@ def depth_to_uint8(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
 @torch.no_grad()
 def render_frames(G, z: torch.Tensor, cam2world: torch.Tensor, n_planes: int | None, batch: int = 8
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [F, 3, R, R] and depths [F, 1, R, R] of one latent seen from F cameras."""
+    """Images [F, 3, R, R] and depths [F, 1, R, R] of one latent seen from F cameras. An MPI model
+    synthesises the latent's MPI once (and GMNR bakes its K once, ``vdr: baked``) and renders every
+    frame from it; other models render the latent per batch of frames."""
     ws = G.mapping(z[:1], None, truncation_psi=1.0, update_w_avg=False)
+    mpi = None
+    if hasattr(G, "render_mpi"):
+        mpi = G.synthesize(ws, n_planes or G.cfg.planes_eval, noise_mode="const")
+        if getattr(G, "baking", lambda: False)():
+            mpi = G.bake(mpi)
     images, depths = [], []
     for start in range(0, cam2world.shape[0], batch):
         cams = cam2world[start:start + batch]
-        out = G.render(ws.expand(cams.shape[0], -1, -1), cams, n_planes=n_planes, noise_mode="const")
+        if mpi is not None:
+            out = G.render_mpi(mpi, cams)
+        else:
+            out = G.render(ws.expand(cams.shape[0], -1, -1), cams, n_planes=n_planes, noise_mode="const")
         images.append(out["image"].cpu())
         depths.append(out["depth"].cpu())
     return torch.cat(images), torch.cat(depths)

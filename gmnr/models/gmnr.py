@@ -314,7 +314,41 @@ def canonical_pixel_directions(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt
 # Generator
 # --------------------------------------------------------------------------------------------
 
-INFERENCE_VDR_MODES = ("all", "sampled", "off")
+INFERENCE_VDR_MODES = ("all", "baked", "sampled", "off")
+BAKED_DTYPE = torch.float16  # K in [-1, 1]: half precision is within 2.5e-4 of it, 16x below an 8-bit colour step
+
+
+def texel_mask(alpha: Tensor, threshold: float) -> Tensor:
+    """The texels [B, P, 1, R, R] (bool) where MLP_K is baked: within one texel of a texel whose alpha
+    exceeds ``threshold``. A pair's compositing weight is at most its bilinearly sampled alpha, so
+    an eligible pair (weight > threshold) has a corner texel with alpha > threshold, and all four
+    corners it interpolates K from lie in this mask: baking here loses nothing ``all`` would use."""
+    b, p = alpha.shape[:2]
+    hot = (alpha.reshape(b * p, 1, *alpha.shape[-2:]) > threshold).float()
+    return (torch.nn.functional.max_pool2d(hot, 3, stride=1, padding=1) > 0).reshape(alpha.shape)
+
+
+def bilinear_sample(texture: Tensor, coords: Tensor, image: Tensor, plane: Tensor) -> Tensor:
+    """Bilinear samples [N, C] of per-plane textures [B, P, C, Hs, Ws] at grid coordinates [N, 2]
+    (grid_sample's align_corners=False units) on (image, plane) [N] each, clamped to the outer
+    texels (border padding: K is a property of the plane, defined up to its edge)."""
+    b, p, c, hs, ws = texture.shape
+    _require(min(hs, ws) >= 2 and coords.shape == (image.numel(), 2) and plane.shape == image.shape,
+             f"bilinear_sample expects textures >= 2 x 2 and coords [N, 2], image [N], plane [N]; got "
+             f"{tuple(texture.shape)}, {tuple(coords.shape)}, {tuple(image.shape)}, {tuple(plane.shape)}")
+    coords = coords.to(torch.float32)
+    x = ((coords[:, 0] + 1) * ws / 2 - 0.5).clamp(0, ws - 1)
+    y = ((coords[:, 1] + 1) * hs / 2 - 0.5).clamp(0, hs - 1)
+    x0, y0 = x.floor().long().clamp(max=ws - 2), y.floor().long().clamp(max=hs - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    flat = texture.permute(0, 1, 3, 4, 2).reshape(-1, c)                       # [B * P * Hs * Ws, C]
+    base = (image * p + plane) * hs
+
+    def at(dy: int, dx: int) -> Tensor:
+        return gather_rows(flat, (base + y0 + dy) * ws + x0 + dx).to(torch.float32)
+    top = at(0, 0) * (1 - fx) + at(0, 1) * fx
+    bottom = at(1, 0) * (1 - fx) + at(1, 1) * fx
+    return top * (1 - fy) + bottom * fy
 
 
 @dataclass(frozen=True)
@@ -363,7 +397,31 @@ class GMNRGenerator(GMPIGenerator):
             return 0.0
         if self.training or self.inference_vdr == "sampled":
             return float(cfg.vdr_fraction)
-        return 1.0 if self.inference_vdr == "all" else 0.0
+        return 1.0 if self.inference_vdr in ("all", "baked") else 0.0
+
+    def baking(self) -> bool:
+        """Whether K comes from the texel grid (``baked``, in eval mode) instead of MLP_K per pair."""
+        return self.cfg.vdr_enabled and not self.training and self.inference_vdr == "baked"
+
+    @torch.no_grad()
+    def bake(self, mpi: dict[str, Tensor], dtype: torch.dtype = BAKED_DTYPE) -> dict[str, Tensor]:
+        """The MPI with ``baked_k`` [B, P, 12, R, R]: MLP_K evaluated once on every plane's texel grid
+        (texel centres, align_corners=True units: u = -1 + 2 j / (R - 1)) inside :func:`texel_mask`,
+        0 elsewhere. K depends on the texel, the plane and the latent, not on the view (NeX's
+        factorisation), so every view of this MPI samples it like a colour. Chunked: at most
+        :attr:`INFERENCE_CHUNK` texels go through the MLP at once."""
+        alpha, depths, w = mpi["alpha"], mpi["depths"], mpi["w"]
+        b, p, _, hs, ws = alpha.shape
+        mask = texel_mask(alpha, self.cfg.vdr_threshold)[:, :, 0]                   # [B, P, R, R]
+        baked = torch.zeros(b, p, hs, ws, 12, dtype=dtype, device=alpha.device)
+        latent, plane, row, col = mask.nonzero(as_tuple=True)
+        us = torch.linspace(-1, 1, ws, device=alpha.device)
+        vs = torch.linspace(-1, 1, hs, device=alpha.device)
+        for c in self._chunks(latent.numel()):
+            uv = torch.stack([us[col[c]], vs[row[c]]], dim=1)
+            k = self.vdr.position_coefficients(uv, depths.to(uv), plane[c], w, latent[c])    # [N, 3, 4]
+            baked[latent[c], plane[c], row[c], col[c]] = k.reshape(-1, 12).to(dtype)
+        return {**mpi, "baked_k": baked.permute(0, 1, 4, 2, 3)}
 
     # Pairs (and pixels) per chunk when no gradient is recorded: bounds the per-pair tensors and
     # MLP_K's hidden activations (784 wide at the published size) to ~200 MB however many pairs a
@@ -401,13 +459,18 @@ class GMNRGenerator(GMPIGenerator):
         grid, rgb_t = (out["grid"], out["rgb_planes"]) if return_planes else (out.pop("grid"), out.pop("rgb_planes"))
         pairs = sample_pairs(out["weights"], fraction, self.cfg.vdr_threshold, generator, vdr_views)
         if pairs.batch.numel() > 0:
-            out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, mpi["w"], cam2world)
+            baked = None
+            if self.baking():  # bake once per MPI: a caller rendering many views passes the baked MPI back
+                baked = (mpi if "baked_k" in mpi else self.bake(mpi))["baked_k"]
+            out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, mpi["w"], cam2world, baked)
         out["n_sampled"] = torch.bincount(pairs.batch, minlength=views)
         return out
 
     def _vdr_correction(self, pairs: SampledPairs, grid: Tensor, rgb_t: Tensor, out: dict[str, Tensor],
-                        w: Tensor, cam2world: Tensor) -> Tensor:
-        """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour."""
+                        w: Tensor, cam2world: Tensor, baked_k: Tensor | None = None) -> Tensor:
+        """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour.
+        ``baked_k`` [B, P, 12, R, R] (:meth:`bake`): K sampled bilinearly from the texel grid instead
+        of MLP_K at each pair's exact texture coordinate."""
         image, depths = out["image"], out["plane_depths"].to(grid)                              # [P] metric
         views, res = image.shape[0], image.shape[-1]
         per_latent = views // w.shape[0]
@@ -425,8 +488,12 @@ class GMNRGenerator(GMPIGenerator):
             chunk = SampledPairs(*(t[c] for t in pairs))
             pixel = (chunk.batch * res + chunk.y) * res + chunk.x
             # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
-            uv = (gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk) * to_texel_centre_units).clamp(-1.0, 1.0)  # [N, 2]
-            k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
+            coords = gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk)                          # [N, 2]
+            if baked_k is None:
+                uv = (coords * to_texel_centre_units).clamp(-1.0, 1.0)
+                k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
+            else:  # the views of one latent share its baked K
+                k = bilinear_sample(baked_k, coords, chunk.batch // per_latent, chunk.plane).view(-1, 3, 4)
             delta = (k * gather_rows(h_pixels, pixel).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
             c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1]
             new = (c01 + delta.to(c01)).clamp(0.0, 1.0)
