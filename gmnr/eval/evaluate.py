@@ -141,7 +141,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     metrics_objects = [
         Speed(e.speed_frames, e.speed_warmup),
         FIDKID(real_dir, e.fid_images, e.fid_real_max, e.kid_subsets, e.kid_subset_size, cache,
-               extractor=load_extractor(e.inception, device),
+               extractor=load_extractor(e.inception, device, e.fid_protocol),
                generated_cache_dir=cache / "generated" if cache and e.cache_generated_features else None),
         IdentityConsistency(e.identity_pairs, e.identity_backend, e.detect_size, e.min_face_confidence),
         PoseAccuracy(geometry),

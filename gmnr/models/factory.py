@@ -6,17 +6,63 @@ import torch
 from gmnr.config import Params
 
 
-def world2cam_label(cam2world: torch.Tensor) -> torch.Tensor:
-    """The discriminator's camera label: the flattened 4x4 world-to-camera matrix [B, 16]."""
-    return torch.linalg.inv(cam2world.reshape(-1, 4, 4)).reshape(-1, 16)
+def camera_label(cam2world: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """The discriminator's camera label [B, 16]: the flattened 4x4 world-to-camera matrix with the
+    world expressed in ``frame`` (cam2world [4, 4]). GMPI's world frame is its canonical camera's
+    (``gmpi/train.py``: ``torch.inverse(c2w).reshape(B, -1)`` with the canonical camera at the
+    origin), so its label is ``inv(inv(frame) @ cam2world) = inv(cam2world) @ frame``."""
+    return (torch.linalg.inv(cam2world.reshape(-1, 4, 4)) @ frame.to(cam2world).reshape(4, 4)).reshape(-1, 16)
+
+
+# The FFHQ StyleGAN2 generator (NVlabs config "stylegan2", GMPI's configs/gmpi.yml): what a gmpi
+# architecture key means when it is null and no pretrained file says otherwise.
+PUBLISHED_ARCHITECTURE = {"z_dim": 512, "w_dim": 512, "mapping_layers": 8, "channel_base": 32768,
+                          "channel_max": 512, "conv_clamp": None}
+SHAPE_KEYS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")  # conv_clamp changes no shape
+
+
+def resolve_architecture(params: Params, progress: bool = False) -> Params:
+    """``params`` with every null ``gmpi`` architecture key filled: from ``gmpi.pretrained``'s own
+    config when the model starts from one (so the FFHQ-256 pickle builds its paper256 network),
+    else the published FFHQ values. A key set in params that disagrees with the file's shape
+    raises, naming it, before anything is built or loaded."""
+    from pathlib import Path
+
+    from gmnr.config import ParamsError
+    g = params.gmpi
+    found: dict = {}
+    if g.pretrained and params.model in ("gmpi", "gmnr", "stylegan2"):
+        from gmnr.data.download import resolve_weights
+        from gmnr.models.pretrained import architecture_of
+        path = resolve_weights(g.pretrained, Path(params.paths.downloads) / "weights", progress)
+        found = architecture_of(path)
+        clash = [f"gmpi.{k}: {getattr(g, k)} in params, {found[k]} in {path}" for k in SHAPE_KEYS
+                 if k in found and getattr(g, k) is not None and getattr(g, k) != found[k]]
+        if clash:
+            raise ParamsError("the pretrained weights fix the architecture: " + "; ".join(clash)
+                              + " (set these keys to null to follow the file)")
+    filled = {k: found.get(k, PUBLISHED_ARCHITECTURE[k]) for k in PUBLISHED_ARCHITECTURE if getattr(g, k) is None}
+    return params.model_copy(update={"gmpi": g.model_copy(update=filled)}) if filled else params
+
+
+def _architecture(params: Params) -> dict:
+    """The gmpi architecture keys of ``params``; null ones are the published values, which is only
+    right without a pretrained file (with one, :func:`resolve_architecture` must run first)."""
+    g = params.gmpi
+    missing = [k for k in SHAPE_KEYS if getattr(g, k) is None]
+    if missing and g.pretrained:
+        raise ValueError(f"gmpi.{', gmpi.'.join(missing)} are null: the architecture of {g.pretrained} has not been "
+                         f"resolved (gmnr.models.factory.resolve_architecture)")
+    return {k: PUBLISHED_ARCHITECTURE[k] if getattr(g, k) is None else getattr(g, k) for k in PUBLISHED_ARCHITECTURE}
 
 
 def _gmpi_fields(params: Params) -> dict:
     cam, g = params.camera(), params.gmpi
-    return dict(resolution=params.training_resolution(), z_dim=g.z_dim, w_dim=g.w_dim,
-                mapping_layers=g.mapping_layers, channel_base=g.channel_base, channel_max=g.channel_max,
-                planes_train=g.planes_train, planes_eval=g.planes_eval, alpha_max_res=g.alpha_max_res,
-                fov_deg=cam.fov_deg, radius=cam.radius, center=tuple(cam.center), depth_range=tuple(cam.depth_range))
+    return dict(resolution=params.training_resolution(), **_architecture(params),
+                planes_train=g.planes_train, planes_eval=g.planes_eval,
+                alpha_max_res=g.alpha_max_res, fov_deg=cam.fov_deg, radius=cam.radius, center=tuple(cam.center),
+                depth_range=tuple(cam.depth_range), yaw_max=cam.truncation * cam.yaw_std,
+                pitch_max=cam.truncation * cam.pitch_std)
 
 
 def _mvcgan_fields(params: Params) -> dict:
@@ -58,11 +104,12 @@ def build_discriminator(params: Params) -> torch.nn.Module:
         m = params.mvcgan
         return PoseDiscriminator(params.training_resolution(), m.d_channel_base, m.d_channel_min, m.d_channel_max)
     from gmnr.models.stylegan2 import Discriminator
-    g = params.gmpi
+    g, arch = params.gmpi, _architecture(params)
     # GMPI and GMNR condition on the camera (flattened world-to-camera matrix); a 2D StyleGAN2 does not
     c_dim = 0 if params.model == "stylegan2" else 16
-    return Discriminator(c_dim=c_dim, img_resolution=params.training_resolution(), channel_base=g.channel_base,
-                         channel_max=g.channel_max, epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})
+    return Discriminator(c_dim=c_dim, img_resolution=params.training_resolution(), channel_base=arch["channel_base"],
+                         channel_max=arch["channel_max"], conv_clamp=arch["conv_clamp"], cmap_dim=g.d_cmap_dim,
+                         epilogue_kwargs={"mbstd_group_size": g.mbstd_group_size})
 
 
 def set_inference_vdr(G: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -34,7 +34,7 @@ from torch import nn
 __all__ = [
     "UnsafePickleError", "PersistentObject", "RestrictedUnpickler", "safe_load_pickle", "flatten_state",
     "load_network_state", "LoadReport", "load_into", "init_generator_from_pkl", "pretrained_states",
-    "init_from_pretrained", "export_weights",
+    "init_from_pretrained", "export_weights", "ARCHITECTURE_KEYS", "architecture_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -446,16 +446,32 @@ def pretrained_states(path: str | os.PathLike) -> dict[str, "Mapping[str, torch.
 
 
 # A camera-conditioned discriminator ends in a projection head (cmap_dim outputs) where an
-# unconditional one has a single logit: that layer cannot carry over and starts fresh.
+# unconditional one has a single logit.
 _D_HEAD = ("b4.out.weight", "b4.out.bias")
+
+
+def _expand_logit_head(d_state: Mapping[str, torch.Tensor], discriminator: nn.Module) -> dict[str, torch.Tensor]:
+    """An unconditional D's single logit row copied into each of a conditioned D's cmap_dim
+    projection rows, as GMPI's ``copy_params_and_buffers`` does (its ``tensor.copy_`` broadcasts
+    the [1, C] row over [16, C]). With :class:`gmnr.models.stylegan2.LabelProjection`'s initial
+    embedding the conditioned D then gives the unconditional D's logits for every camera."""
+    targets = discriminator.state_dict()
+    out = dict(d_state)
+    for key in _D_HEAD:
+        src, dst = out.get(key), targets.get(key)
+        if src is not None and dst is not None and src.shape[0] == 1 and dst.shape[0] > 1 \
+                and tuple(src.shape[1:]) == tuple(dst.shape[1:]):
+            out[key] = src.expand_as(dst).clone()
+    return out
 
 
 def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, path: str | os.PathLike) -> dict:
     """Initialise a GMPI / GMNR / 2D-StyleGAN2 generator and its discriminator from ``path``.
 
-    Names that both sides share are copied. What a 2D StyleGAN2 has no counterpart for keeps its
-    initialisation and is reported: GMPI's alpha branch, GMNR's alpha-VdR, a camera-conditioned
-    discriminator's label mapping and projection head. Any other disagreement (a tensor of another
+    Names that both sides share are copied; an unconditional D's logit row fills every row of a
+    camera-conditioned D's projection head (:func:`_expand_logit_head`). What a 2D StyleGAN2 has no
+    counterpart for keeps its initialisation and is reported: GMPI's alpha branch, GMNR's
+    alpha-VdR, a camera-conditioned discriminator's label projection. Any other disagreement (a tensor of another
     shape, a name the model lacks) means the file was trained for another architecture: that
     raises, naming the tensors, before anything is copied. Returns the load reports
     (``{"source", "G": ..., "D": ...}``), which the trainer logs to MLflow.
@@ -467,12 +483,12 @@ def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, 
     g_report = load_into(generator, states["G_ema"], dry_run=True)
     problems = [f"{k}: {list(a)} in the file, {list(b)} here" for k, a, b in g_report.mismatched]
     problems += [f"{k}: not in the model" for k in g_report.unexpected]
-    d_report = None
+    d_report = d_state = None
     if discriminator is not None and "D" in states:
-        d_report = load_into(discriminator, states["D"], dry_run=True)
+        d_state = _expand_logit_head(states["D"], discriminator)
+        d_report = load_into(discriminator, d_state, dry_run=True)
     if d_report is not None:
-        problems += [f"D {k}: {list(a)} in the file, {list(b)} here" for k, a, b in d_report.mismatched
-                     if k not in _D_HEAD]
+        problems += [f"D {k}: {list(a)} in the file, {list(b)} here" for k, a, b in d_report.mismatched]
         problems += [f"D {k}: not in the model" for k in d_report.unexpected]
     if problems:
         more = f"; ... (+{len(problems) - 6})" if len(problems) > 6 else ""
@@ -485,11 +501,45 @@ def init_from_pretrained(generator: nn.Module, discriminator: nn.Module | None, 
     report = {"source": os.fspath(path), "G": load_into(generator, states["G_ema"])}
     if discriminator is not None:
         if d_report is not None:
-            report["D"] = load_into(discriminator, states["D"])
+            report["D"] = load_into(discriminator, d_state)
         else:
             report["D"] = "not in the file: the discriminator starts from scratch"
             log.warning("%s has no discriminator weights; D starts from scratch", path)
     return report
+
+
+# The generator architecture a pretrained file fixes (GMPI's params.gmpi keys); None where the file is silent.
+ARCHITECTURE_KEYS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "conv_clamp")
+
+
+def _kwargs(obj: Any) -> dict:
+    """A persistent network's constructor kwargs (NVlabs' persistence keeps ``_init_kwargs``)."""
+    kwargs = obj.state.get("_init_kwargs") if isinstance(obj, PersistentObject) else None
+    return dict(kwargs) if isinstance(kwargs, Mapping) else {}
+
+
+def architecture_of(path: str | os.PathLike) -> dict[str, Any]:
+    """The generator architecture of a pretrained file, as ``params.gmpi`` keys.
+
+    An NVlabs ``.pkl`` keeps each network's constructor kwargs (``G_ema._init_kwargs``: z_dim,
+    w_dim, ``mapping_kwargs.num_layers``, ``synthesis_kwargs.channel_base / channel_max /
+    conv_clamp``): FFHQ-256 is the paper256 network (channel_base 16384), the others 32768, which
+    GMPI's code derives from its ``fmaps`` table (``train.py``, ``train_helpers.py``). A gmnr ``.pt``
+    keeps the params it was trained with. Keys the file does not state are left out."""
+    path = os.fspath(path)
+    if path.endswith(".pkl"):
+        data = safe_load_pickle(path)
+        g = _kwargs(data.get("G_ema")) if isinstance(data, dict) else {}
+        mapping, synthesis = dict(g.get("mapping_kwargs") or {}), dict(g.get("synthesis_kwargs") or {})
+        found = {"z_dim": g.get("z_dim"), "w_dim": g.get("w_dim"), "mapping_layers": mapping.get("num_layers"),
+                 "channel_base": synthesis.get("channel_base"), "channel_max": synthesis.get("channel_max")}
+        if "conv_clamp" in synthesis:
+            found["conv_clamp"] = synthesis["conv_clamp"]
+        return {k: v for k, v in found.items() if v is not None or k == "conv_clamp"}
+    from gmnr.train.checkpoint import load_checkpoint
+    config = load_checkpoint(path).get("config") or {}
+    section = config.get("gmpi") if isinstance(config, Mapping) else None
+    return {k: section[k] for k in ARCHITECTURE_KEYS if isinstance(section, Mapping) and k in section}
 
 
 def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike, dtype: str = "float16") -> dict:

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from gmnr.config import Params
 from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
-from gmnr.models.factory import build_discriminator, build_generator
+from gmnr.models.factory import build_discriminator, build_generator, resolve_architecture
+from gmnr.render.camera import pose_to_cam2world
 from gmnr.train import checkpoint as ckpt
 from gmnr.train import distributed as dist
 from gmnr.train.curriculum import Stage, curriculum_from_params, default_batch_per_gpu, recipe_from_params
-from gmnr.train.losses import GMPILoss, PosePrior, ViewConsistency
+from gmnr.train.losses import GMPILoss, PosePrior, Shading, ViewConsistency
 from gmnr.train.samples import grid_cameras, grid_latents, render_grid
 
 STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
@@ -30,6 +31,16 @@ STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 63))
+
+
+def shading_from_params(params: Params) -> Shading | None:
+    """GMPI's shading-guided training when the model uses it (GMPI; GMNR only with gmnr.shading)."""
+    sh, cam = params.gmpi.shading, params.camera()
+    used = params.model == "gmpi" or (params.model == "gmnr" and params.gmnr.shading)
+    if not (used and sh.enabled):
+        return None
+    return Shading(sh.start, sh.grow, sh.ambient, sh.diffuse, sh.light_yaw_std, sh.light_pitch_mean,
+                   sh.light_pitch_std, cam.radius, tuple(cam.center))
 
 
 def batch_per_gpu(params: Params) -> int:
@@ -42,10 +53,17 @@ def _global_draw(n_total: int, rank: int, n_rank: int, fn):
     return fn(n_total)[rank * n_rank:(rank + 1) * n_rank]
 
 
-def _ema_beta(params: Params, total_batch: int) -> float:
-    if params.train.ema_kimg <= 0:
+def _ema_beta(params: Params, total_batch: int, step: int) -> float:
+    """The EMA's decay at (0-based) ``step``: torch_ema's ``min(decay, (1 + n) / (10 + n))`` after its
+    n-th update (GMPI, GMNR and pi-GAN average their generators with torch_ema, decay 0.999), or,
+    with ``ema_decay`` null, StyleGAN2's half-life of ``ema_kimg`` thousand images."""
+    t = params.train
+    if t.ema_decay is not None:
+        n = step + 1
+        return min(t.ema_decay, (1 + n) / (10 + n))
+    if t.ema_kimg <= 0:
         return 0.0
-    return 0.5 ** (total_batch / (params.train.ema_kimg * 1000.0))
+    return 0.5 ** (total_batch / (t.ema_kimg * 1000.0))
 
 
 def _clip(parameters, max_norm: float | None) -> torch.Tensor:
@@ -57,6 +75,7 @@ def _clip(parameters, max_norm: float | None) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, params: Params, data_dir: Path, run_dir: Path, info: dist.DistInfo):
+        params = resolve_architecture(params)  # null gmpi sizes: the pretrained file's own; what checkpoints record
         self.params, self.info, self.run_dir = params, info, Path(run_dir)
         t = params.train
         torch.set_num_threads(t.threads)
@@ -74,9 +93,12 @@ class Trainer:
         self.G = build_generator(params).to(self.device).train()
         self.D = build_discriminator(params).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if params.model in ("gmpi", "gmnr") and not params.gmpi.train_mapping:
+            self.G.mapping.requires_grad_(False)  # frozen: out of the optimiser, no gradient computed
         interval = self.recipe.r1_interval
         self.d_ratio = interval / (interval + 1) if interval > 1 else 1.0  # lazy regularisation (StyleGAN2, App. B)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.stage.lr_g, betas=tuple(t.betas))
+        self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=self.stage.lr_g,
+                                      betas=tuple(t.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.stage.lr_d * self.d_ratio,
                                       betas=tuple(b ** self.d_ratio for b in t.betas))
         cam = params.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
@@ -89,8 +111,9 @@ class Trainer:
         else:
             consistency = (ViewConsistency(params.gmnr.consistency_weight, params.gmnr.consistency_view, self.prior)
                            if params.model == "gmnr" else None)
+            label_frame = pose_to_cam2world(torch.zeros(1), torch.zeros(1), 0.0, cam.radius, tuple(cam.center))[0]
             self.loss = GMPILoss(self.G, self.D, self.recipe.r1_gamma, self.recipe.views_per_latent, t.noise_mode,
-                                 self.autocast, consistency)
+                                 self.autocast, label_frame.to(self.device), consistency, shading_from_params(params))
         self.step = 0
         self.mlflow_run_id: str | None = None
 
@@ -230,7 +253,7 @@ class Trainer:
 
         dist.average_buffers(self.G, self.info)
         with torch.no_grad():  # EMA of the generator (buffers such as w_avg are copied)
-            beta = _ema_beta(self.params, self.total_batch)
+            beta = _ema_beta(self.params, self.total_batch, step)
             for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
                 p_ema.lerp_(p, 1 - beta)
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):

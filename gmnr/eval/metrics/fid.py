@@ -132,7 +132,7 @@ class FIDKID:
         self.cache_dir = cache_dir
         self.generated_cache_dir = generated_cache_dir
         self.extractor = extractor or load_extractor()
-        self.backend = self.extractor.description
+        self.backend = self.extractor.backend  # the protocol and the network
 
     def real_features(self) -> tuple[np.ndarray, bool]:
         from gmnr.eval.metrics.inception import folder_features
