@@ -4,7 +4,6 @@ or key. Stages run in-process through ``gmnr.cli.main`` (exit code and stderr as
 them) or through the library, on images of a few pixels."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
