@@ -130,7 +130,8 @@ class StagedOutput:
         for source in self.inputs:
             src = _resolved(source)
             if os.path.isdir(src) and src.is_relative_to(_resolved(self.out)):
-                raise OutputConflict(f"output folder {self.out} contains input {source}: choose an --output "
+                how = "is" if src == _resolved(self.out) else "contains"
+                raise OutputConflict(f"output folder {self.out} {how} input {source}: choose an --output "
                                      f"outside the input and not containing it")
             for target in targets:
                 if _overlap(_resolved(target), src):
