@@ -29,7 +29,7 @@ def test_checkpoints_are_atomic_keep_the_last_k_and_refuse_code(tmp_path):
             import os
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
     torch.save({"w": Evil()}, tmp_path / "step-000000009.pt")
-    with pytest.raises(RuntimeError, match="not a loadable gmnr checkpoint"):
+    with pytest.raises(RuntimeError, match=r"refused: the file asks for the global .*system.*nothing from the file was run|not a loadable gmnr checkpoint"):
         ckpt.load_checkpoint(tmp_path / "step-000000009.pt")
     assert not (tmp_path / "pwned").exists()
 
