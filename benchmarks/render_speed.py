@@ -14,7 +14,8 @@ off as the published evaluation renders). Writes a table to docs/benchmarks.md.
 Multi-view mode (``--video N``): one latent seen from N views of a yaw sweep, as ``gmnr render``
 renders a video (the MPI synthesised once; GMNR ``baked`` bakes K once). Each row times the
 synthesis, the bake and ``--timed-frames`` of the N frames (spread over the sweep, one render call
-each); its per-frame time for the whole video is (synthesis + bake + N x mean frame) / N. The
+each; on a GPU after a warm-up pass, on a CPU without one); its per-frame time for the whole video
+is (synthesis + bake + N x mean frame) / N. The
 device can be a GPU, in half precision where the network allows it:
 
     python benchmarks/render_speed.py --video 48 --models gmpi gmnr --gmnr-vdr baked all off --timed-frames 4
@@ -127,7 +128,9 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
             torch.cuda.synchronize()
     with torch.no_grad(), amp:
         z = torch.randn(1, G.z_dim, device=dev)
-        for warm in (True, False):  # the first pass warms up allocations and kernels; the second is timed
+        # On a GPU a first pass warms up allocations and kernels (cuDNN, autocast caches); the second is timed.
+        # A CPU needs none, and a second synthesis and bake at 1024 px would cost as long as the measurement.
+        for warm in ((True, False) if dev.type == "cuda" else (False,)):
             sync()
             start = time.perf_counter()
             mpi = G.synthesize(G.mapping(z, None), planes, noise_mode="const")
