@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import copy_project, env_with_venv
+from tests.conftest import env_with_venv
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ("source", "landmarks", "pose", "pack")
@@ -50,23 +50,9 @@ def _jobs_planned(dry_run_output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("project"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["synth"]["count"] = 40
-    # A few steps from the bundled demo backbone (gmpi.pretrained: demo64): this test is about the
-    # pipeline, not about learning.
-    params["demo"]["gmpi"].update(planes_train=4, planes_eval=4)
-    params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
-                                   grid_views=2)
-    params["render"].update(seeds=2, frames=4)
-    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1,
-                                      with_init=False)  # the untrained baseline is tested in test_evaluate
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    done, seconds = _snakemake(cwd=root)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    print(f"\nfirst snakemake run: {seconds:.1f} s")
-    return root
+def project(demo_project):
+    """The small demo after its first `snakemake --cores 2` (tests/conftest.py, shared with other tests)."""
+    return demo_project
 
 
 def test_first_run_produces_every_output_with_good_detection_and_pose(project):

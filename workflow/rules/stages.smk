@@ -8,7 +8,7 @@ from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory, snakemake_in
 def _output(stage, path):
     out = directory(path) if is_directory(path) else path
     # `snakemake --report` shows the pictures and tables of stages with a category
-    if not stage.report or not (is_directory(path) or path.endswith((".png", ".csv", ".gif", ".mp4"))):
+    if not stage.report or not (is_directory(path) or path.endswith((".png", ".csv", ".md", ".gif", ".mp4"))):
         return out
     return report(out, category=stage.report, patterns=["{name}.png"] if is_directory(path) else [])
 
@@ -33,9 +33,30 @@ for _stage in STAGES.values():
         shell: "{params.cmd} 2>&1 | tee {log}"
 
 
+onstart:
+    # One MLflow run for this invocation; the stage runs nest under it (jobs inherit the environment).
+    from gmnr.tracking import PARENT_ENV, start_pipeline_run
+    _parent = start_pipeline_run(os.environ["GMNR_PIPELINE_ID"])
+    if _parent:
+        os.environ[PARENT_ENV] = _parent
+
+
 onsuccess:
-    # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it.
+    from gmnr.tracking import PARENT_ENV, end_pipeline_run
+    end_pipeline_run(os.environ.get(PARENT_ENV), "FINISHED")
+    # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it: only
+    # the stages run exactly as dvc.yaml and params.yaml define them (a --config run's own folders, or
+    # outputs made under other params, are not what dvc.lock would say they are).
     if (PROJECT / ".dvc").is_dir():
-        outputs = [p for s in STAGES.values() for p in s.outs + s.metrics]
-        if not commit_outputs_to_dvc(PROJECT, outputs):
+        recorded = [s for s in STAGES.values() if not s.variant]
+        outputs = [p for s in recorded for p in s.outs + s.metrics]
+        if not commit_outputs_to_dvc(PROJECT, outputs, [s.name for s in recorded]):
             print("gmnr: dvc commit failed; `dvc status` may list these outputs as changed")
+        skipped = [s.name for s in STAGES.values() if s.variant]
+        if skipped:
+            print(f"gmnr: not recorded in dvc.lock (run under --config): {', '.join(skipped)}")
+
+
+onerror:
+    from gmnr.tracking import PARENT_ENV, end_pipeline_run
+    end_pipeline_run(os.environ.get(PARENT_ENV), "FAILED")
