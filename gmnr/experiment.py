@@ -143,23 +143,33 @@ def _join(base: str, *parts: str) -> str:
 
 @dataclass
 class Layout:
-    """The folders and files of one run (one model, its data chain) under ``params``, named against
-    ``reference``; ``ablation`` the named ablation the params came from, if any. The methods give the
-    default paths of the CLI; :meth:`path_pairs` maps dvc.yaml's paths to these for Snakemake."""
+    """The folders and files of one run (one model, its data chain) under ``params``. ``reference`` is
+    params.yaml's run (the table's ablation key and the MLflow labels list what differs from it);
+    ``ablation`` the named ablation the params came from, if any, and ``base`` params.yaml's run with
+    that ablation applied (folders are named by what differs from it: a named ablation's own settings
+    are in its name, ``gmnr+no-vdr``, not repeated as a slug). The methods give the default paths of
+    the CLI; :meth:`path_pairs` maps dvc.yaml's paths to these for Snakemake."""
     params: Params
     reference: Params
     ablation: str | None = None
     keys: dict[str, StageKeys] = field(default_factory=dict)
+    base: Params | None = None  # None: ``reference`` (no named ablation)
 
     @classmethod
     def of(cls, params: Params, reference: Params, ablation: str | None = None,
-           dvc_yaml: Path = DVC_YAML) -> "Layout":
+           dvc_yaml: Path = DVC_YAML, base: Params | None = None) -> "Layout":
         keys = stage_keys(params.model, dvc_yaml, reference.model_dump(mode="json")) if dvc_yaml.is_file() else {}
-        return cls(params, reference, ablation, keys)
+        return cls(params, reference, ablation, keys, base)
 
     # -- what differs ---------------------------------------------------------------------------
     def _diff(self, keys: tuple[str, ...]) -> dict[str, Any]:
         return differences(self.params, self.reference, keys)
+
+    def _name_diff(self, stage: str) -> dict[str, Any]:
+        """What ``stage``'s own params differ in from the run its folders are named after (``base``)."""
+        if stage not in self.keys:
+            return {}
+        return differences(self.params, self.base or self.reference, self.keys[stage].own)
 
     def data_differences(self, stage: str = "pack") -> dict[str, Any]:
         return self._diff(self.keys[stage].data) if stage in self.keys else {}
@@ -194,25 +204,16 @@ class Layout:
             labels["ablation_name"] = self.ablation
         return labels
 
-    def is_reference(self, stage: str) -> bool:
-        """Whether ``stage`` of this run writes the reference run's outputs (dvc.yaml's paths)."""
-        if self.ablation:
-            return False
-        if stage in DATA_STAGES:
-            return not self.data_differences(stage)
-        names = {"train": ("train",), "render": ("train", "render"), "evaluate": ("train", "evaluate")}[stage]
-        return not self.data_differences() and not any(self.own_differences(n) for n in names)
-
     # -- names ----------------------------------------------------------------------------------
     def dataset_name(self, stage: str = "pack") -> str:
         return _join(self.params.dataset, slug(self.data_differences(stage)))
 
     def run_name(self) -> str:
         """``gmnr``, ``gmnr+vdr=false``, ``gmnr+<ablation name>``: the run folder's name."""
-        return _join(self.params.model, self.ablation or "", slug(self.own_differences("train"), self.params.model))
+        return _join(self.params.model, self.ablation or "", slug(self._name_diff("train"), self.params.model))
 
     def evaluation_name(self) -> str:
-        return _join(self.run_name(), slug(self.own_differences("evaluate"), self.params.model))
+        return _join(self.run_name(), slug(self._name_diff("evaluate"), self.params.model))
 
     # -- paths (the CLI's defaults) ---------------------------------------------------------------
     def raw_dir(self) -> Path:
@@ -231,7 +232,7 @@ class Layout:
         return Path(self.params.paths.runs) / self.dataset_name("pack") / self.run_name()
 
     def render_dir(self) -> Path:
-        return self.run_dir() / _join("render", slug(self.own_differences("render"), self.params.model))
+        return self.run_dir() / _join("render", slug(self._name_diff("render"), self.params.model))
 
     def evaluation_report(self) -> Path:
         return self.reports_dir("evaluate") / "evaluate" / f"{self.evaluation_name()}.json"
@@ -255,7 +256,8 @@ def layout_for(params: Params, data: dict[str, Any], overrides: list[str], sourc
                ablation: str | None = None) -> Layout:
     """The :class:`Layout` of a CLI run: ``params`` resolved from the file ``data`` with ``overrides``
     (and the named ``ablation``)."""
-    return Layout.of(params, reference_for(data, overrides, source), ablation)
+    base = reference_for(data, overrides, source, ablation) if ablation else None
+    return Layout.of(params, reference_for(data, overrides, source), ablation, base=base)
 
 
 def map_path(path: str, pairs: list[tuple[str, str]]) -> str:
@@ -295,11 +297,14 @@ def plan_stages(dvc_yaml: Path, data: dict[str, Any], overrides: list[str], sour
     def layouts_of(model: str | None, ablation: str | None) -> tuple[Layout, Layout]:
         if (model, ablation) not in layouts:
             ours = resolve(data, overrides, source, ablation) if ablation else params
-            ref = reference_for(data, overrides, source, ablation) if ablation else reference
+            base = reference_for(data, overrides, source, ablation) if ablation else reference
+            ref = reference
             if model:
-                ours, ref = ours.model_copy(update={"model": model}), ref.model_copy(update={"model": model})
+                ours, base, ref = (p.model_copy(update={"model": model}) for p in (ours, base, ref))
             keys = stage_keys(ours.model, dvc_yaml, ref.model_dump(mode="json"))
-            layouts[(model, ablation)] = (Layout(ours, ref, ablation, keys), Layout(ref, ref, ablation, keys))
+            # (this run, the run dvc.yaml's paths name: params.yaml's, or the named ablation as written)
+            layouts[(model, ablation)] = (Layout(ours, ref, ablation, keys, base),
+                                          Layout(base, ref, ablation, keys, base))
         return layouts[(model, ablation)]
 
     pairs: dict[str, list[tuple[str, str]]] = {}

@@ -42,7 +42,12 @@ def run_labels(trained: Params, reference: Params | None = None, ablation_name: 
         reference = resolve_architecture(reference)
     except Exception:  # no file to read them from: compare what params say
         pass
-    layout = Layout.of(trained, reference, ablation_name)
+    base = None
+    if ablation_name and ablation_name in reference.ablations:  # its folders are named after the ablation as written
+        from gmnr.config import ablation_overrides, apply_overrides, validate
+        base = validate(apply_overrides(reference.model_dump(mode="json"),
+                                        ablation_overrides(reference, ablation_name)), "params.yaml ablation")
+    layout = Layout.of(trained, reference, ablation_name, base=base)
     return {"ablation": layout.ablation_text(), "data_variant": layout.data_text(), "run": layout.run_name()}
 
 
