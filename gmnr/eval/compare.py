@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -156,6 +157,8 @@ def collect_evaluations(tracking_uri: str | None = None, experiment: str | None 
         ablation = tags.get("ablation") or "default"
         if ablation.rsplit(",", 1)[-1] in BASELINES:  # a baseline is the model's, not an ablation's
             ablation = ablation.rsplit(",", 1)[-1]
+        elif tags.get("ablation_name"):  # a named ablation (params.yaml `ablations`): its name, then its settings
+            ablation = f"{tags['ablation_name']}: {ablation}"
         row = EvalRow(dataset=dataset, model=tags.get("model", "?"), ablation=ablation, run_id=run.info.run_id,
                       start_time=run.info.start_time or 0, train_run_id=tags.get("train_run_id", ""),
                       checkpoint_step=tags.get("checkpoint_step", ""), experiment_id=run.info.experiment_id,
@@ -334,6 +337,25 @@ def _model_colors(rows: list[EvalRow]) -> dict[str, tuple]:
     return {m: palette(i % 10) for i, m in enumerate(models)}
 
 
+def _wrap_label(text: str, width: int = 44) -> str:
+    """A legend entry on lines of at most ``width`` characters, broken after commas (the settings of
+    an ablation), a setting longer than a line cut into pieces: nothing is left out, and removing
+    the line breaks gives the text back."""
+    lines, line = [], ""
+    for piece in re.split(r"(?<=,)", text):
+        while len(piece) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join(lines + [line] if line else lines)
+
+
 MARKERS = {"default": "o", "init": "X", "pretrained": "v"}
 ABLATION_MARKERS = ("^", "s", "D", "P", "*", "h", "<", ">", "p", "d")
 
@@ -348,8 +370,6 @@ def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> d
     """FID against rendering speed: one point per row, colour = model, marker = ablation, named in a
     legend beside the axes (no labels on the points, so none overprint); a hollow point is an FPS
     timed under load. Returns what it drew: the legend's labels and every text's box in pixels."""
-    import textwrap
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -362,9 +382,7 @@ def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> d
     points = [(fps.value(r), fid.value(r), r) for r in rows]
     points = [(x, y, r) for x, y, r in points if x is not None and y is not None and x > 0]
     for x, y, r in points:
-        label = textwrap.shorten(r.label(with_dataset), 60, placeholder="…")
-        if r.under_load:
-            label += f" ({UNDER_LOAD} under load)"
+        label = _wrap_label(r.label(with_dataset) + (f" ({UNDER_LOAD} under load)" if r.under_load else ""))
         ax.scatter([x], [y], s=60, zorder=3, marker=markers[r.ablation], label=label, edgecolors=colors[r.model],
                    facecolors="none" if r.under_load else colors[r.model], linewidths=1.5)
     if points:
