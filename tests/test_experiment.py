@@ -89,6 +89,19 @@ def test_a_named_ablation_runs_in_its_own_folder_in_both_engines():
     params = config.resolve(raw, [], ablation="no-vdr")
     layout = experiment.layout_for(params, raw, [], ablation="no-vdr")
     assert str(layout.run_dir()) == "runs/demo/gmnr+no-vdr" and layout.ablation_text() == "vdr=false"
+    assert str(layout.evaluation_report()) == "reports/demo/evaluate/gmnr+no-vdr.json"
+    # what the evaluation tags: the folder's name, and every setting that differs from params.yaml
+    from gmnr.eval.evaluate import run_labels
+    assert run_labels(params, config.resolve(raw), "no-vdr") == \
+        {"ablation": "vdr=false", "data_variant": "default", "run": "gmnr+no-vdr"}
+    # an override on top of the named ablation: a folder of its own, named after both
+    more = config.resolve(raw, ["train.steps=7"], ablation="no-vdr")
+    layout = experiment.layout_for(more, raw, ["train.steps=7"], ablation="no-vdr")
+    assert str(layout.run_dir()) == "runs/demo/gmnr+no-vdr+train.steps=7"
+    assert layout.ablation_text() == "vdr=false,train.steps=7"  # in the order of the full keys (gmnr.vdr, train.steps)
+    planned = experiment.plan_stages(ROOT / "dvc.yaml", raw, ["train.steps=7"])
+    assert planned["ablation-train@no-vdr"].outs[0] == "runs/demo/gmnr+no-vdr+train.steps=7/final.pt"
+    assert planned["train@gmnr"].outs[0] == "runs/demo/gmnr+train.steps=7/final.pt"
 
 
 def test_slugs_are_plain_or_a_hash():
