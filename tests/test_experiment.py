@@ -1,8 +1,10 @@
 """Every experiment has its own outputs: folder names derived from what differs from params.yaml, the
-same for the CLI's defaults and Snakemake's rules, and exactly dvc.yaml's paths for params.yaml's run."""
+same for the CLI's defaults and Snakemake's rules, and exactly dvc.yaml's paths for params.yaml's run.
+The slow tests run ablations through both engines, a refused param and by-hand outputs under DVC."""
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from gmnr import config, experiment
@@ -109,3 +111,134 @@ def test_slugs_are_plain_or_a_hash():
     long = experiment.slug({"gmnr.dir_freqs": [1.0, 2.0]}, "gmnr")
     assert long.startswith("h-") and len(long) == 12
     assert experiment.slug({}) == ""
+
+
+# -- through the engines, on a copy of the finished small demo (tests/conftest.py demo_project) ----------------
+
+def _engine(args, cwd, timeout=900):
+    import time
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env_with_venv(), timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+def _snakemake_plan(root, *args) -> set[str]:
+    """The rules a dry run of Snakemake would run (none: an empty set)."""
+    import re
+    done, _ = _engine([sys.executable, "-m", "snakemake", "--cores", "2", "-n", *args], root)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("Job stats:")[1].split("total")[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"job", "all"}
+
+
+def _dvc_stale(root) -> set[str]:
+    import json
+    done, _ = _engine(["dvc", "status", "--json"], root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout or "{}"))
+
+
+def _digests(root, *folders) -> dict[str, str]:
+    """sha256 of every file under ``folders`` (relative paths)."""
+    import hashlib
+    found = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file():
+                found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def _table_rows(root) -> list[tuple[str, str, str]]:
+    lines = [ln for ln in (root / "results" / "table.md").read_text().splitlines() if ln.startswith("| ")][1:]
+    return [tuple(c.strip() for c in ln.strip("|").split("|")[:3]) for ln in lines]
+
+
+@pytest.fixture(scope="module")
+def finished(demo_project, tmp_path_factory):
+    """A copy of the finished small demo (outputs, dvc.lock, DVC cache, MLflow store, Snakemake's
+    records), so these tests change nothing the other users of demo_project see."""
+    import shutil
+    root = tmp_path_factory.mktemp("experiments") / "project"
+    shutil.copytree(demo_project, root, symlinks=True)
+    assert _snakemake_plan(root) == set() and _dvc_stale(root) == set()  # the copy is as finished as the original
+    return root
+
+
+DEFAULT_GMNR = ("runs/demo/gmnr", "reports/demo/evaluate/gmnr.json")
+
+
+@pytest.mark.slow
+def test_a_bad_param_under_dvc_repro_deletes_nothing(finished):
+    """`dvc repro` with a value gmnr refuses: the stage fails naming the key, and every output of
+    every stage is still there, byte for byte (DVC deletes no out before running its stage)."""
+    params = finished / "params.yaml"
+    original = params.read_text()
+    before = _digests(finished, "data", "runs", "reports", "results")
+    data = yaml.safe_load(original)
+    data["synth"]["count"] = "abc"  # read by the first stage: every later output is at stake
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        done, seconds = _engine(["dvc", "repro"], finished)
+        assert done.returncode != 0
+        assert "'synth.count': Input should be a valid integer" in done.stdout + done.stderr, done.stderr[-2000:]
+        assert _digests(finished, "data", "runs", "reports", "results") == before
+    finally:
+        params.write_text(original)
+    print(f"\nrefused dvc repro: {seconds:.1f} s, {len(before)} files untouched")
+
+
+@pytest.mark.slow
+def test_an_ablation_through_each_engine_leaves_the_default_model_alone(finished):
+    """The issue's report: `snakemake --config 'gmnr={vdr: false}'` trained into runs/demo/gmnr/. Now
+    each engine's ablation gets its own folder; the default GMNR's checkpoint, renders and report keep
+    their bytes; the table has a row for each; and afterwards `dvc status` and `snakemake -n` agree that
+    nothing is left to do."""
+    root = finished
+    default = _digests(root, *DEFAULT_GMNR)
+    assert "runs/demo/gmnr/final.pt" in default
+
+    done, seconds = _engine([sys.executable, "-m", "snakemake", "--cores", "2", "--config", "gmnr={vdr: false}"], root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"\nsnakemake --config 'gmnr={{vdr: false}}': {seconds:.1f} s")
+    import torch
+    ablated = torch.load(root / "runs/demo/gmnr+vdr=false/final.pt", map_location="cpu", weights_only=True)
+    assert ablated["config"]["gmnr"]["vdr"] is False
+    assert (root / "reports/demo/evaluate/gmnr+vdr=false.json").is_file()
+    assert _digests(root, *DEFAULT_GMNR) == default
+    assert {("demo", "gmnr", "default"), ("demo", "gmnr", "vdr=false")} <= set(_table_rows(root))
+    assert _snakemake_plan(root) == set() and _dvc_stale(root) == set()
+
+    done, seconds = _engine(["dvc", "exp", "run", "-S", "+ablations.no-vdr={model:gmnr,gmnr:{vdr:false}}"], root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"dvc exp run -S '+ablations.no-vdr=...': {seconds:.1f} s")
+    assert "Stage 'train@gmnr' didn't change, skipping" in done.stdout, done.stdout[-3000:]
+    ablated = torch.load(root / "runs/demo/gmnr+no-vdr/final.pt", map_location="cpu", weights_only=True)
+    assert ablated["config"]["gmnr"]["vdr"] is False
+    assert _digests(root, *DEFAULT_GMNR) == default
+    assert {("demo", "gmnr", "default"), ("demo", "gmnr", "vdr=false"),
+            ("demo", "gmnr", "no-vdr: vdr=false")} <= set(_table_rows(root))
+    assert _snakemake_plan(root) == set() and _dvc_stale(root) == set()
+
+
+@pytest.mark.slow
+def test_outputs_made_by_hand_survive_dvc_exp_run(tmp_path):
+    """The issue's report: in a project whose stages had been run by hand, `dvc exp run` deleted every
+    file under data/. A stage run by hand into the pipeline's paths under params.yaml's values is
+    recorded in dvc.lock, so DVC keeps it (byte for byte) and does not redo it."""
+    from tests.conftest import copy_project, use_small_demo
+    root = copy_project(tmp_path / "project")
+    use_small_demo(root)
+    done, seconds = _engine([sys.executable, "-m", "gmnr", "source", "--no-progress"], root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recorded the outputs of stage source in dvc.lock" in done.stderr, done.stderr[-2000:]
+    made = _digests(root, "data", "reports")
+    assert len([p for p in made if p.startswith("data/raw/demo/")]) >= 40
+    done, exp_seconds = _engine(["dvc", "exp", "run", "source"], root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Stage 'source' didn't change, skipping" in done.stdout, done.stdout[-2000:]
+    assert _digests(root, "data", "reports") == made
+    print(f"\nsource by hand: {seconds:.1f} s; dvc exp run: {exp_seconds:.1f} s")

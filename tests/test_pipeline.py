@@ -84,6 +84,7 @@ def test_snakemake_report_holds_the_table_and_the_pictures(project):
     assert done.returncode == 0, done.stderr[-3000:]
     html = (project / "report.html").read_text(errors="replace")
     assert "fid_vs_fps.png" in html and "table.csv" in html and "Training samples" in html
+    assert "table.md" in html  # the table as people read it, with its run links and notes
 
 
 def test_second_snakemake_and_dvc_are_noops(project):
@@ -158,6 +159,12 @@ def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         by_stage.setdefault(tags.get("stage"), []).append((run, tags))
+    # one parent run per pipeline invocation, the stage runs of that invocation nested under it
+    parents = {tags["pipeline_id"]: run["info"]["run_id"] for run, tags in by_stage.pop("pipeline", [])}
+    stage_runs = [(run, tags) for entries in by_stage.values() for run, tags in entries]
+    assert {tags["pipeline_id"] for _, tags in stage_runs} <= set(parents), (sorted(parents), stage_runs[:1])
+    for run, tags in stage_runs:
+        assert tags.get("mlflow.parentRunId") == parents[tags["pipeline_id"]], (run["info"]["run_name"], tags)
     assert set(by_stage) == set(STAGE_TAGS)
     models = _models(project)
     for stage in STAGE_TAGS:
@@ -176,9 +183,21 @@ def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
             assert run["info"]["status"] == "FINISHED"
             assert run["data"].get("params") and run["data"].get("metrics")
             assert tags["dataset"] == "demo" and tags["git_commit"] != "unknown"
+            # named for what it is (`train demo/gmpi`, `pose demo`); a model only where there is one
+            name = run["info"]["run_name"]
+            if per_model:
+                assert name == f"{stage} demo/{tags['model']}", name
+            elif stage == "compare":
+                assert name == "compare" and tags["model"] == ",".join(sorted(models))  # the models it compares
+            else:
+                assert "model" not in tags and name == f"{stage} demo", (name, tags.get("model"))
 
 
-def test_mlflow_ui_shows_the_demo_runs_in_a_browser(project, tmp_path):
-    from tests.mlflow_ui import check_mlflow_ui
-    check_mlflow_ui(project / "mlflow.db", STAGE_TAGS, "fid", tmp_path / "mlflow-ui.png",
-                    artifact_root=project / "mlartifacts", docs_name="mlflow-ui.png")
+def test_mlflow_ui_shows_the_demo_runs_in_a_browser(project):
+    """The store the demo wrote, as a person browses it (screenshots in test-artifacts/mlflow-ui-demo/)."""
+    from tests.mlflow_ui import artifacts_dir, check_mlflow_ui
+    models = _models(project)
+    seen = check_mlflow_ui(project / "mlflow.db", STAGE_TAGS, "fid", artifacts_dir("mlflow-ui-demo"),
+                           artifact_root=project / "mlartifacts", docs_name="mlflow-ui.png",
+                           expect_names=[f"evaluate demo/{m}" for m in models] + ["train demo/gmpi", "pose demo"])
+    assert seen["unfolded"] >= 1

@@ -17,6 +17,13 @@ def _outputs(stage):
     return [_output(stage, p) for p in stage.outs] + stage.metrics
 
 
+def _log(stage):
+    """The job's log: a --config run's (``stage.variant``) beside the default run's, never over it."""
+    import hashlib
+    suffix = "+" + hashlib.sha256(stage.variant.encode()).hexdigest()[:10] if stage.variant else ""
+    return f"logs/{config['dataset']}/{stage.rule_name}{suffix}.log"
+
+
 for _stage in STAGES.values():
 
     rule:
@@ -26,7 +33,7 @@ for _stage in STAGES.values():
         params:
             cmd=_stage.command(OVERRIDES),
             values=_stage.param_values(config),
-        log: f"logs/{config['dataset']}/{_stage.rule_name}.log"
+        log: _log(_stage)
         threads: _stage.threads
         resources: **_stage.resources
         conda: str(PROJECT / _stage.conda) if _stage.conda else None
