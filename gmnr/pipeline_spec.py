@@ -198,6 +198,13 @@ def snakemake_inputs(stage: Stage, stages: dict[str, Stage]) -> list[str]:
     return inputs
 
 
+def folder_readers(stage: Stage, stages: dict[str, Stage]) -> bool:
+    """Whether ``stage`` reads a folder of other stages' outputs (compare: every evaluation report),
+    whose set of files changes with the experiments run, not with the stage's own inputs."""
+    produced = [p for s in stages.values() if s is not stage for p in s.outs + s.metrics]
+    return any(p != dep and Path(p).is_relative_to(dep) for dep in stage.deps for p in produced)
+
+
 def _walk(path: Path):
     yield path
     if path.is_dir() and not path.is_symlink():

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from gmnr.pipeline_spec import load_stages, snakemake_inputs
+from gmnr.pipeline_spec import folder_readers, load_stages, snakemake_inputs
 from tests.conftest import ROOT, env_with_venv
 
 
@@ -59,6 +59,7 @@ def test_foreach_stages_expand_per_item_and_folder_deps_become_the_outputs_insid
     assert (gmnr.cmd, gmnr.params, gmnr.outs, gmnr.rule_name) == (
         "train -S model=gmnr", ["gmnr", "demo.gmnr"], ["runs/gmnr/final.pt"], "train_gmnr")
     assert snakemake_inputs(stages["compare"], stages) == ["reports/eval/gmpi.json", "reports/eval/gmnr.json", "code.py"]
+    assert folder_readers(stages["compare"], stages) and not folder_readers(gmnr, stages)
     with pytest.raises(ValueError, match="foreach"):
         load_stages(tmp_path / "dvc.yaml", {"models": 5})
 

@@ -2,7 +2,7 @@
 # and `params.values` holds exactly the params the stage reads, so changing one reruns that
 # stage (and, through its outputs, the stages after it) but never the stages before it.
 # STAGES comes from the Snakefile (gmnr.pipeline_spec.load_stages on dvc.yaml).
-from gmnr.pipeline_spec import commit_outputs_to_dvc, is_directory, snakemake_inputs
+from gmnr.pipeline_spec import commit_outputs_to_dvc, folder_readers, is_directory, snakemake_inputs
 
 
 def _output(stage, path):
@@ -48,9 +48,29 @@ onstart:
         os.environ[PARENT_ENV] = _parent
 
 
+def _forget_folder_readers():
+    """compare reads every evaluation from the tracking store; its inputs (the evaluation reports, as DVC
+    reads their folder) only order it after the evaluations and rerun it when one is newer. Snakemake
+    would also rerun it whenever that set of files differs from the one its last Snakemake run saw (after
+    a --config ablation, or once DVC ran compare with a named ablation's report), where DVC, which reads
+    the folder, sees nothing to do: so Snakemake keeps no record of such a stage's inputs (file times
+    still rerun it)."""
+    from snakemake.io import IOFile
+
+    from gmnr.pipeline_spec import load_stages
+    if workflow.persistence is None:
+        return
+    declared = load_stages(PROJECT / "dvc.yaml", config)  # as dvc.yaml lists them: folder deps unexpanded
+    for name, stage in declared.items():
+        if folder_readers(stage, declared) and name in STAGES:
+            for path in STAGES[name].outs + STAGES[name].metrics:
+                workflow.persistence.cleanup_metadata(IOFile(path))
+
+
 onsuccess:
     from gmnr.tracking import PARENT_ENV, end_pipeline_run
     end_pipeline_run(os.environ.get(PARENT_ENV), "FINISHED")
+    _forget_folder_readers()
     # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it: only
     # the stages run exactly as dvc.yaml and params.yaml define them (a --config run's own folders, or
     # outputs made under other params, are not what dvc.lock would say they are).
@@ -67,3 +87,4 @@ onsuccess:
 onerror:
     from gmnr.tracking import PARENT_ENV, end_pipeline_run
     end_pipeline_run(os.environ.get(PARENT_ENV), "FAILED")
+    _forget_folder_readers()
