@@ -28,6 +28,7 @@ and mariadb-server (``make slurm`` installs them). By hand:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import secrets
@@ -136,6 +137,9 @@ class SlurmCluster:
         reason = missing_requirements()
         if reason:
             raise SlurmUnavailable(reason)
+        # the daemons run in sessions of their own: stop them also when the caller exits without
+        # stop() (an exception past a `with`, sys.exit, Ctrl-C); only SIGKILL leaves them behind
+        atexit.register(self.stop)
         try:
             self._start(timeout)
         except BaseException:
@@ -325,6 +329,7 @@ PartitionName=gpu Nodes={NODE} MaxTime=INFINITE State=UP
                     proc.kill()
                     proc.wait(timeout=30)
         self.procs.clear()
+        atexit.unregister(self.stop)
         if self.linked_conf is not None:
             self.linked_conf.unlink(missing_ok=True)
             self.linked_conf = None

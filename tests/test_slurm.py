@@ -7,9 +7,11 @@ GPU request, and the results must equal the local run of tests/conftest.py's dem
 multi-node recipe: one sbatch whose two tasks start two torchrun launchers
 (workflow/profiles/slurm/train-multinode.sbatch), against one process with the same total batch.
 
-Needs root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server (`make test` installs them
-with `make slurm`): where a package is missing these tests fail, naming it; without root they are
-skipped, saying so. Slow: marked `slow`, still part of `make test` / CI."""
+Needs root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server (`make test-slurm` installs
+them with `make slurm`): where a package is missing these tests fail, naming it; without root they
+are skipped, saying so. Marked `slurm` (and `slow`): `make test-slurm` runs them, a CI step of their
+own; `make test` leaves them out, as the SLURM run of the pipeline alone takes about 8 minutes on
+2 cores. In that session demo_project (the local reference) is made once more."""
 import json
 import os
 import re
@@ -27,7 +29,7 @@ from tests.test_dvc_remote import measured
 from tests.slurm_cluster import ACCOUNTS, SlurmCluster, missing_requirements
 from tests.test_multinode import TOTAL_BATCH, assert_matches_one_process, free_port, one_process_run, train_cmd
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 TRAIN_GPUS = 1  # train.gpus for the SLURM run: one GPU asked per training job, still one process
 PROFILE_ACCOUNT = ACCOUNTS[1]  # what the profile is edited to charge: not the user's default account
 SACCT_FIELDS = ("JobID", "JobName", "Comment", "Partition", "Account", "ReqTRES", "AllocTRES", "State",
@@ -96,7 +98,7 @@ def slurm_run(cluster, demo_project, tmp_path_factory):
 
 def _expected_jobs(root) -> dict[str, dict]:
     """Rule name -> (threads, mem_mb, gpu) from dvc.yaml's meta.snakemake, read with plain YAML:
-    one rule per stage, one per item of a foreach stage (rule names: DVC's with '@' -> '_')."""
+    one rule per stage, one per item of a foreach stage."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     expected = {}
@@ -113,8 +115,8 @@ def _expected_jobs(root) -> dict[str, dict]:
         if isinstance(gpu, str):
             assert gpu == "${train.gpus}", f"{name}: gpu resource {gpu!r} (this test knows only train.gpus)"
             gpu = params["train"]["gpus"]
-        for item in items:
-            rule = name if item is None else f"{name}_{item}"
+        for item in items:  # Snakemake's rule names: '@' and every other character but [A-Za-z0-9_] -> '_'
+            rule = re.sub(r"[^A-Za-z0-9_]", "_", name if item is None else f"{name}@{item}")
             expected[rule] = {"cpu": int(meta.get("threads", 1)), "mem_mb": int(resources.get("mem_mb", 0)),
                               "gpu": int(gpu)}
     return expected
