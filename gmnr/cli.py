@@ -267,6 +267,31 @@ def _record_in_dvc(args: argparse.Namespace) -> None:
               f"`dvc exp run` would replace them", file=sys.stderr)
 
 
+def _date_dvc_outputs(args: argparse.Namespace) -> None:
+    """Under DVC, the folders a stage outputs are dated now once it has run. Its outs are `persist: true`
+    (DVC deletes nothing before a stage runs), so a folder the stage left in place (a resumed run's
+    samples) or refilled keeps Snakemake's `.snakemake_timestamp` of an earlier Snakemake run: Snakemake
+    would take the folder for older than the inputs DVC just remade, and run the stage again where DVC
+    sees nothing to do. (Files the stage writes are dated by writing them.)"""
+    addressing, params = os.environ.get("DVC_STAGE", ""), getattr(args, "resolved", None)
+    if not addressing or params is None:
+        return
+    from gmnr.config import PROJECT_ROOT
+    from gmnr.pipeline_spec import is_directory, load_stages
+    name = addressing.rsplit(":", 1)[-1]  # "dvc.yaml:train@gmpi" for a dvc.yaml outside the root
+    try:
+        stage = load_stages(PROJECT_ROOT / "dvc.yaml", params.model_dump(mode="json")).get(name)
+    except (OSError, ValueError, KeyError):
+        return
+    for out in (stage.outs if stage else []):
+        folder = Path(out)
+        if is_directory(out) and folder.is_dir():
+            marker = folder / ".snakemake_timestamp"
+            if marker.is_file():
+                os.utime(marker)
+            os.utime(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -274,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = _dispatch(args)
         _record_in_dvc(args)
+        _date_dvc_outputs(args)
     except EXPECTED_ERRORS as exc:
         if os.environ.get("GMNR_DEBUG"):
             raise

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 RECORD_VERSION = 1
+# What a workflow engine leaves in a folder it lists as an output: Snakemake dates a folder output by
+# its `.snakemake_timestamp`. Replaced with the folder, never a reason to refuse it.
+ENGINE_FILES = frozenset({".snakemake_timestamp"})
 
 
 class OutputConflict(ValueError):
@@ -174,7 +177,7 @@ class StagedOutput:
                 continue
             if os.path.isdir(target) and not os.path.islink(target):
                 # A folder's own files decide (empty sub-folders hold nothing to lose).
-                foreign = [f for f in _files_under(target) if f"{entry}/{f}" not in owned]
+                foreign = [f for f in _files_under(target) if f"{entry}/{f}" not in owned and f not in ENGINE_FILES]
                 if foreign:
                     more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
                     raise OutputConflict(
