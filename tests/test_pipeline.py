@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import imageio.v3 as iio
 import pytest
 import yaml
 
@@ -72,6 +73,14 @@ def test_first_run_produces_every_output_with_good_detection_and_pose(project):
         assert train["step"] == 4 and (project / "runs" / "demo" / model / "final.pt").is_file()
         render = project / "runs" / "demo" / model / "render"
         assert {p.name for p in render.iterdir()} >= {"sweep.mp4", "sweep_depth.gif", "circle.mp4", "grid.png"}
+        # previews large enough to see: the 64 px renders upscaled to 256 px tiles; the depth key beside
+        # the depth frames (wider than tall)
+        sweep, depth = (iio.imread(render / f"{n}.gif") for n in ("sweep", "sweep_depth"))
+        side = sweep.shape[1]
+        assert side >= 256 and sweep.shape[2] == side, sweep.shape
+        assert depth.shape[1] == side and depth.shape[2] > side + 32, depth.shape
+        assert iio.imread(render / "grid.png").shape[0] == 2 * side  # render.seeds: 2 rows
+        assert min(iio.imread(project / "runs" / "demo" / model / "samples" / "final.png").shape[:2]) >= 2 * 256
         evaluation = json.loads((project / "reports" / "demo" / "evaluate" / f"{model}.json").read_text())
         assert evaluation["metrics"]["fid"] > 0 and evaluation["metrics"]["fps"] > 0, evaluation
     table = (project / "results" / "table.md").read_text()
