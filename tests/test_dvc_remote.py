@@ -1,12 +1,13 @@
 """Data and checkpoints between machines through the project's DVC remote.
 
-The small demo's outputs (tests/conftest.py demo_project) are pushed to the project's default remote
-(.dvc-remote/), the repository is cloned afresh, as on a second machine, and `dvc pull` there must
+The small demo's outputs (a copy of tests/conftest.py's demo_project) are pushed to the project's
+default remote (.dvc-remote/), the repository is cloned afresh, as on a second machine, and `dvc pull` there must
 give a workspace `dvc status` calls up to date, whose pulled checkpoint evaluates to the original's
 metrics. What git carries is what DVC leaves to it: dvc.lock, params.yaml and the outputs marked
 `cache: false` (metrics, tables, training checkpoints); everything DVC caches travels through the
 remote. Slow: marked `slow`, still part of `make test` / CI."""
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,10 @@ def _files(root: Path, rel: str) -> dict[str, bytes]:
 
 
 def test_push_clone_pull_gives_an_up_to_date_workspace_and_the_same_metrics(demo_project, tmp_path):
-    origin = demo_project
+    # a copy of the finished demo (outputs, dvc.lock, DVC cache, git history): the commit and the push
+    # below change nothing the other users of demo_project see
+    origin = tmp_path / "first-machine"
+    shutil.copytree(demo_project, origin, symlinks=True)
     cached, to_git = _outputs(origin)
     assert "data/processed/demo" in cached and "runs/demo/gmpi/final.pt" in cached, cached
 
