@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast clean-demo chromium demo-weights
+.PHONY: setup demo test test-fast test-slurm clean-demo chromium slurm demo-weights
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,9 +23,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake --cores all
 
-# The whole test suite, slow (pipeline) tests included, as CI runs it.
-test: $(STAMP) chromium
+# The whole test suite, slow (pipeline) and SLURM tests included, as CI runs it: one pytest session, so the
+# small demo pipeline that test_pipeline, test_slurm and test_dvc_remote compare against runs once.
+test: $(STAMP) chromium slurm
 	$(BIN)/python -m pytest -q
+
+# Only the tests marked slurm (tests/test_slurm.py): the pipeline and the multi-node recipe on a SLURM cluster
+# of their own (about 10 minutes on 2 cores, the local reference run included); needs root.
+test-slurm: $(STAMP) slurm
+	$(BIN)/python -m pytest -q -m slurm
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP) chromium
@@ -42,6 +48,24 @@ chromium:
 	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	{ echo "make: could not install chromium with apt-get; install it yourself or set GMNR_CHROMIUM" >&2; exit 1; }; \
 	command -v chromium >/dev/null 2>&1 || { echo "make: apt-get ran but there is no chromium on PATH" >&2; exit 1; }
+
+# tests/test_slurm.py runs the pipeline on a one-node SLURM cluster of its own (tests/slurm_cluster.py):
+# Debian's slurm-wlm, slurmdbd (job accounting, for sacct), munge and mariadb-server (slurmdbd's
+# database). Installed when missing; the packages' own services are not used.
+SLURM_BINS := sinfo sbatch srun squeue scancel scontrol sacct sacctmgr slurmctld slurmd slurmdbd munged mariadbd mariadb-install-db
+SLURM_PKGS := slurm-wlm slurmdbd munge mariadb-server
+slurm:
+	@missing=; for b in $(SLURM_BINS); do command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "make: the SLURM tests need$$missing and only root can install them:" \
+	  "run 'apt-get install -y $(SLURM_PKGS)' as root" >&2; exit 1; fi; \
+	echo "installing $(SLURM_PKGS) with apt-get (for the SLURM tests)"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PKGS) >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PKGS) >/dev/null; } || \
+	{ echo "make: could not install $(SLURM_PKGS) with apt-get; install them yourself" >&2; exit 1; }; \
+	for b in $(SLURM_BINS); do command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || \
+	  { echo "make: apt-get ran but $$b is missing" >&2; exit 1; }; done
 
 # The demo's pretrained 2D backbone, weights/demo64-stylegan2.pt (registry entry demo64, which the demo's
 # gmpi.pretrained names): StyleGAN2 trained on the demo set for 6,000 steps (about 25 minutes on 2 cores),

@@ -35,11 +35,14 @@ validate(config, "workflow/schemas/params.schema.json")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 # One id ties the MLflow runs of this invocation together (jobs inherit the environment).
 os.environ.setdefault("GMNR_PIPELINE_ID", f"snakemake-{uuid.uuid4().hex[:12]}")
+os.environ["GMNR_ENGINE"] = "snakemake"  # gmnr leaves recording in dvc.lock to onsuccess below
 
-from gmnr.pipeline_spec import load_stages
+from gmnr.experiment import plan_stages
 
 PROJECT = Path(workflow.basedir)
-STAGES = load_stages(PROJECT / "dvc.yaml", config)
+# dvc.yaml's stages; under --config, a run that differs from params.yaml's writes to folders of its own
+# (runs/demo/gmnr+vdr=false/, data/raw/demo+synth.count=50/: gmnr/experiment.py), never to the default's.
+STAGES = plan_stages(PROJECT / "dvc.yaml", RAW_PARAMS, OVERRIDES, "params (params.yaml + --config)")
 
 
 rule all:

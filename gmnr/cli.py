@@ -7,6 +7,7 @@ hand run the same code. Params are validated before anything is read or written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from gmnr.config import ParamsError, load_params, write_schema
+from gmnr.config import ParamsError, read_params_file, resolve, write_schema
 from gmnr.staging import check_outputs_clear_of_inputs
 
 
@@ -58,9 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
     p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
     p.add_argument("--output", type=Path, help="default: <paths.processed>/<dataset>")
-    p = sub.add_parser("train", parents=[common], help="train params.model on the packed set (resumes by default)")
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("--ablation", metavar="NAME",
+                             help="the named ablation ablations.NAME of params.yaml (its model and settings; run "
+                                  "folder <paths.runs>/<dataset>/<model>+NAME)")
+    p = sub.add_parser("train", parents=[common, run_options],
+                       help="train params.model on the packed set (resumes by default)")
     p.add_argument("--input", type=Path, help="packed training set (default: <paths.processed>/<dataset>)")
-    p.add_argument("--output", type=Path, help="run folder (default: <paths.runs>/<dataset>/<model>)")
+    p.add_argument("--output", type=Path, help="run folder (default: <paths.runs>/<dataset>/<model>, or "
+                                               "<model>+<what differs from params.yaml>)")
     p.add_argument("--gpus", type=int, help="processes on this node under torchrun (default: train.gpus)")
     p.add_argument("--nnodes", type=int, default=1, help="machines taking part (torchrun --nnodes)")
     p.add_argument("--node-rank", type=int, default=0)
@@ -68,16 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("render", parents=[common], help="multi-view and depth videos and a grid for a checkpoint")
+    p = sub.add_parser("render", parents=[common, run_options],
+                       help="multi-view and depth videos and a grid for a checkpoint")
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--output", type=Path, help="default: <paths.runs>/<dataset>/<model>/render")
 
-    p = sub.add_parser("evaluate", parents=[common],
+    p = sub.add_parser("evaluate", parents=[common, run_options],
                        help="FID/KID, identity, depth and pose consistency, FPS of a checkpoint (GMPI protocol)")
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--input", type=Path, help="packed training set for FID/KID (default: <paths.processed>/<dataset>)")
     p.add_argument("--output", type=Path,
-                   help="default: <paths.runs>/<dataset>/<model>/metrics.json (metrics_<baseline>.json for a baseline)")
+                   help="default: <paths.reports>/<dataset>/evaluate/<run>.json (<run>-<baseline>.json for a "
+                        "baseline), where the pipeline puts it")
     baseline = p.add_mutually_exclusive_group()
     baseline.add_argument("--init", dest="baseline", action="store_const", const="init",
                           help="evaluate the checkpoint's architecture untrained (the trainer's seed)")
@@ -100,20 +109,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> dict | None:
-    params = load_params(args.params, args.overrides)
+    ablation = getattr(args, "ablation", None)
+    data, source = read_params_file(args.params)
+    params = resolve(data, args.overrides, source, ablation)
     progress = not args.no_progress
-    reports = args.reports or params.reports_dir()
     from gmnr import stages
+    from gmnr.experiment import layout_for
 
     if args.command == "params":
         if args.write_schema:
             print(f"wrote {write_schema()}")
         print(json.dumps(params.model_dump(mode="json"), indent=2))
         return None
+    # Default paths: where the pipeline puts this run's files, in folders of its own when its params differ
+    # from params.yaml's (gmnr.experiment).
+    layout = layout_for(params, data, args.overrides, source, ablation)
+    stage = {"synth": "source", "download": "source"}.get(args.command, args.command)
+    args.stage, args.resolved = stage, params
+    if stage in ("source", "landmarks", "pose", "pack", "train", "render", "evaluate"):
+        from gmnr.tracking import set_run_context
+        set_run_context(layout.labels(stage))
+    reports = args.reports or layout.reports_dir(stage if stage in ("source", "landmarks", "pose", "pack") else "pack")
     if args.command in ("source", "synth", "download"):
-        output = args.output or params.raw_dir()
+        output = args.output or layout.raw_dir()
         if args.command == "synth" or (args.command == "source" and params.dataset == "demo"):
-            if args.command == "synth" and args.output is None:
+            if args.command == "synth" and args.output is None and params.dataset != "demo":
                 output = Path(params.paths.raw) / "demo"
             return stages.run_synth(params, output, reports, progress)
         if params.dataset == "demo":
@@ -122,44 +142,54 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
         from_dir = getattr(args, "from_dir", None) or params.download.from_dir
         return stages.run_download(params, output, reports, downloads, from_dir, progress)
     if args.command == "train":
-        return _train(args, params, progress)
+        return _train(args, params, layout, progress)
     if args.command == "evaluate":
         from gmnr.eval.evaluate import evaluate
-        checkpoint, real = args.checkpoint or params.run_dir() / "final.pt", args.input or params.processed_dir()
-        check_outputs_clear_of_inputs([args.output], [checkpoint, real])
+        checkpoint, real = args.checkpoint or layout.run_dir() / "final.pt", args.input or layout.processed_dir()
+        output = args.output or layout.evaluation_report()
+        if args.baseline and not args.output:
+            output = output.with_name(f"{output.stem}-{args.baseline}{output.suffix}")
+        check_outputs_clear_of_inputs([output], [checkpoint, real])
         if not checkpoint.is_file():  # before anything else: every metric needs it, even the init baseline's config
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train first, or pass --checkpoint)")
-        if params.evaluate.with_init and not args.baseline:  # the baselines first: the table shows them all
+        # The baselines first (the table shows what training bought), once per (dataset, model): with the
+        # evaluation of the run params.yaml defines, not again with every ablation.
+        if params.evaluate.with_init and not args.baseline and not ablation and not layout.model_differences():
             from gmnr.eval.evaluate import baselines_of
             for baseline in baselines_of(checkpoint):
-                out = args.output and args.output.with_name(f"{args.output.stem}-{baseline}{args.output.suffix}")
-                evaluate(params, checkpoint, real, out, baseline, progress)
-        return evaluate(params, checkpoint, real, args.output, args.baseline, progress)
+                out = output.with_name(f"{output.stem}-{baseline}{output.suffix}")
+                evaluate(params, checkpoint, real, out, baseline, progress, layout.reference, ablation)
+        return evaluate(params, checkpoint, real, output, args.baseline, progress, layout.reference, ablation)
     if args.command == "export-weights":
         from gmnr.models.pretrained import export_weights
-        checkpoint = args.checkpoint or params.run_dir() / "final.pt"
+        checkpoint = args.checkpoint or layout.run_dir() / "final.pt"
         check_outputs_clear_of_inputs([args.output], [checkpoint])
         return export_weights(checkpoint, args.output, args.dtype)
     if args.command == "compare":
         from gmnr.eval.compare import run_compare
         return run_compare(params, args.output or Path(params.paths.results), args.backends)
     if args.command == "render":
-        return stages.run_render_staged(params, args.checkpoint or params.run_dir() / "final.pt",
-                                        args.output or params.run_dir() / "render", progress)
-    image_dir = args.input or params.raw_dir()
+        return stages.run_render_staged(params, args.checkpoint or layout.run_dir() / "final.pt",
+                                        args.output or layout.render_dir(), progress)
+    image_dir = args.input or layout.raw_dir()
     if args.command == "landmarks":
-        return stages.run_landmarks(params, image_dir, args.output or params.interim_dir(), reports, progress)
+        return stages.run_landmarks(params, image_dir, args.output or layout.interim_dir("landmarks"), reports,
+                                    progress)
     if args.command == "pose":
-        landmarks = args.landmarks or params.interim_dir() / "landmarks.csv"
-        return stages.run_pose(params, image_dir, landmarks, args.output or params.interim_dir(), reports, progress)
+        landmarks = args.landmarks or layout.interim_dir("landmarks") / "landmarks.csv"
+        return stages.run_pose(params, image_dir, landmarks, args.output or layout.interim_dir("pose"), reports,
+                               progress)
     if args.command == "pack":
-        poses = args.poses or params.interim_dir() / "poses.csv"
-        return stages.run_pack(params, image_dir, poses, args.output or params.processed_dir(), reports, progress)
+        poses = args.poses or layout.interim_dir("pose") / "poses.csv"
+        return stages.run_pack(params, image_dir, poses, args.output or layout.processed_dir(), reports, progress)
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _train(args: argparse.Namespace, params, progress: bool) -> dict | None:
+def _train(args: argparse.Namespace, params, layout, progress: bool) -> dict | None:
+    from gmnr.staging import output_lock
     nproc = args.gpus if args.gpus is not None else params.train.gpus
+    data, run_dir = args.input or layout.processed_dir(), args.output or layout.run_dir()
+    check_outputs_clear_of_inputs([run_dir], [data])
     if (nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         from gmnr.train.distributed import launch_torchrun
         argv, skip = [], False
@@ -168,14 +198,27 @@ def _train(args: argparse.Namespace, params, progress: bool) -> dict | None:
                 skip = "=" not in a and not skip
                 continue
             argv.append(a)
-        code = launch_torchrun(max(nproc, 1), argv, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+        argv += ["--output", str(run_dir)] if args.output is None else []  # every process: the launcher's folder
+        # Held by the launcher for all its processes; with several nodes by node 0's only: only rank 0
+        # writes, and on a shared filesystem every node's launcher names the same folder.
+        with output_lock(run_dir, "train") if args.node_rank == 0 else contextlib.nullcontext():
+            os.environ[TRAIN_LOCK_ENV] = str(Path(run_dir).resolve())
+            code = launch_torchrun(max(nproc, 1), argv, args.nnodes, args.node_rank, args.master_addr,
+                                   args.master_port)
         if code:
             raise RuntimeError(f"torchrun exited with status {code}")
         return None
     from gmnr.train.loop import train
-    data, run_dir = args.input or params.processed_dir(), args.output or params.run_dir()
-    check_outputs_clear_of_inputs([run_dir], [data])
-    return train(params, data, run_dir, progress, stop_after=args.stop_after)
+    locked_by_launcher = os.environ.get(TRAIN_LOCK_ENV) == str(Path(run_dir).resolve())
+    rank0 = os.environ.get("RANK", "0") == "0"
+    # One writer per run folder: a second `gmnr train` on it (another params, or the same) is refused
+    # before it reads or moves anything. Under torchrun the launcher (or else rank 0) holds the lock.
+    lock = output_lock(run_dir, "train") if rank0 and not locked_by_launcher else contextlib.nullcontext()
+    with lock:
+        return train(params, data, run_dir, progress, stop_after=args.stop_after)
+
+
+TRAIN_LOCK_ENV = "GMNR_TRAIN_LOCKED"
 
 
 # What a user's input can cause: one line naming the file or key, exit 2, never a traceback.
@@ -185,12 +228,78 @@ EXPECTED_ERRORS = (ParamsError, KeyError, ValueError, RuntimeError, OSError, pic
                    tarfile.TarError, zipfile.BadZipFile, EOFError)
 
 
+ENGINE_ENV = "GMNR_ENGINE"  # set by the Snakefile for its jobs (DVC sets DVC_STAGE for its own)
+
+
+def _record_in_dvc(args: argparse.Namespace) -> None:
+    """A stage run by hand into the pipeline's own paths under exactly params.yaml's values (no
+    override but the model, no path option) is recorded in dvc.lock, as the Snakefile records a
+    Snakemake run: otherwise ``dvc exp run``, which first checks out what dvc.lock records, would
+    replace these outputs with the recorded ones, or remove them when its cache lacks those."""
+    from gmnr.config import PROJECT_ROOT
+    stage, params = getattr(args, "stage", None), getattr(args, "resolved", None)
+    if stage is None or os.environ.get("DVC_STAGE") or os.environ.get(ENGINE_ENV):
+        return  # an engine runs this command: it records its own outputs
+    if not (PROJECT_ROOT / ".dvc").is_dir() or Path.cwd().resolve() != PROJECT_ROOT or args.params or args.reports:
+        return
+    options = ("input", "output", "checkpoint", "landmarks", "poses", "downloads", "from_dir", "baseline")
+    if any(getattr(args, o, None) for o in options) or getattr(args, "stop_after", None):
+        return
+    models = params.models
+    if any(not (o.startswith("model=") and o.split("=", 1)[1].strip() in models) for o in args.overrides):
+        return
+    if stage in ("train", "render", "evaluate"):
+        name = f"ablation-{stage}@{args.ablation}" if args.ablation else f"{stage}@{params.model}"
+    elif args.command == "synth" and params.dataset != "demo":
+        return
+    else:
+        name = stage
+    from gmnr.pipeline_spec import commit_outputs_to_dvc, load_stages
+    stages = load_stages(PROJECT_ROOT / "dvc.yaml", params.model_dump(mode="json"))
+    if name not in stages:
+        return
+    outputs = stages[name].outs + stages[name].metrics
+    if commit_outputs_to_dvc(PROJECT_ROOT, outputs, [name]):
+        print(f"gmnr: recorded the outputs of stage {name} in dvc.lock (made by hand under params.yaml's values)",
+              file=sys.stderr)
+    else:
+        print(f"gmnr: warning: `dvc commit {name}` failed; dvc.lock does not record these outputs, and "
+              f"`dvc exp run` would replace them", file=sys.stderr)
+
+
+def _date_dvc_outputs(args: argparse.Namespace) -> None:
+    """Under DVC, the folders a stage outputs are dated now once it has run. Its outs are `persist: true`
+    (DVC deletes nothing before a stage runs), so a folder the stage left in place (a resumed run's
+    samples) or refilled keeps Snakemake's `.snakemake_timestamp` of an earlier Snakemake run: Snakemake
+    would take the folder for older than the inputs DVC just remade, and run the stage again where DVC
+    sees nothing to do. (Files the stage writes are dated by writing them.)"""
+    addressing, params = os.environ.get("DVC_STAGE", ""), getattr(args, "resolved", None)
+    if not addressing or params is None:
+        return
+    from gmnr.config import PROJECT_ROOT
+    from gmnr.pipeline_spec import is_directory, load_stages
+    name = addressing.rsplit(":", 1)[-1]  # "dvc.yaml:train@gmpi" for a dvc.yaml outside the root
+    try:
+        stage = load_stages(PROJECT_ROOT / "dvc.yaml", params.model_dump(mode="json")).get(name)
+    except (OSError, ValueError, KeyError):
+        return
+    for out in (stage.outs if stage else []):
+        folder = Path(out)
+        if is_directory(out) and folder.is_dir():
+            marker = folder / ".snakemake_timestamp"
+            if marker.is_file():
+                os.utime(marker)
+            os.utime(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
         report = _dispatch(args)
+        _record_in_dvc(args)
+        _date_dvc_outputs(args)
     except EXPECTED_ERRORS as exc:
         if os.environ.get("GMNR_DEBUG"):
             raise

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -23,6 +23,10 @@ ModelName = Literal["gmpi", "gmnr", "mvcgan", "stylegan2"]  # stylegan2: the 2D 
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# A named ablation: part of folder, stage and rule names (runs/<dataset>/<model>+<name>, ablation-train@<name>)
+AblationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
+ABLATION_SECTIONS = ("gmpi", "gmnr", "mvcgan", "train", "render", "evaluate")  # what a named ablation may set
+DEMO_SECTIONS = ("pack", "gmpi", "gmnr", "mvcgan", "train", "evaluate")
 
 
 class ParamsError(ValueError):
@@ -413,7 +417,31 @@ class Params(Strict):
     render: Render = Render()
     evaluate: Evaluate = Evaluate()
     demo: dict[Literal["pack", "gmpi", "gmnr", "mvcgan", "train", "evaluate"], dict[str, Any]] = Field(
-        default_factory=dict, description="values that replace the ones above when dataset is demo")
+        default_factory=dict, description="values that replace the published ones above when dataset is demo (a "
+                                          "value changed above, or set with -S, still wins)")
+    ablations: dict[AblationName, dict[str, Any]] = Field(
+        default_factory=dict, description="named experiments beside the default one: {model: <model>, <section>: "
+                                          "{key: value}} with the model sections gmpi, gmnr, mvcgan, train, render "
+                                          "and evaluate; each gets its own stages and run folder "
+                                          "<runs>/<dataset>/<model>+<name>")
+
+    @field_validator("ablations")
+    @classmethod
+    def _ablation_entries(cls, value: dict[str, Any]) -> dict[str, Any]:
+        models = ModelName.__args__
+        for name, entry in value.items():
+            if not isinstance(entry, dict) or entry.get("model") not in models:
+                got = entry.get("model") if isinstance(entry, dict) else entry
+                raise ValueError(f"ablation '{name}' must name its model (model: {' | '.join(models)}), got {got!r}")
+            extra = sorted(set(entry) - {"model", *ABLATION_SECTIONS})
+            if extra:
+                raise ValueError(f"ablation '{name}' may set the model sections {', '.join(ABLATION_SECTIONS)} only, "
+                                 f"not {', '.join(extra)} (data params change the dataset: override them with "
+                                 f"-S / --config, which give the data its own folders)")
+            bad = [s for s in ABLATION_SECTIONS if s in entry and not isinstance(entry[s], dict)]
+            if bad:
+                raise ValueError(f"ablation '{name}': {bad[0]} must be a mapping of keys to values")
+        return value
 
     @model_validator(mode="after")
     def _all_camera_families(self):
@@ -519,21 +547,30 @@ def validate(data: dict[str, Any], source: str = "params") -> Params:
     return _validate_model(data, source)
 
 
-def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: str = "params") -> Params:
+def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: str = "params",
+            ablation: str | None = None) -> Params:
     """params.yaml data -> validated params, in order of precedence (last wins):
 
-    1. the values in the file (the published settings);
+    1. the values in the file, which must be valid on their own (the demo section never hides a
+       wrong value);
     2. a model's published values for the dataset (``mvcgan.datasets.<dataset>``: MVCGAN's
        CelebAHQ curriculum differs from its FFHQ one);
-    3. when the dataset is ``demo``, the ``demo`` section's values (sizes that fit a laptop);
-    4. ``KEY=VALUE`` overrides (``-S`` on the CLI, ``--config`` in Snakemake).
+    3. when the dataset is ``demo``, the ``demo`` section's values (sizes that fit a laptop), for
+       every key whose value in the file is still the published one (the schema default, which
+       params.yaml states): a value changed in the file, by hand or by ``dvc exp run -S``, is the
+       user's and wins. ``-S demo.<section>.<key>=...`` changes the demo section and always applies;
+    4. the named ablation ``ablation`` (``ablations.<name>`` in the file: its model and settings);
+    5. ``KEY=VALUE`` overrides (``-S`` on the CLI, ``--config`` in Snakemake).
+
+    Every named ablation in the file is checked the same way, so a wrong one fails here too.
     """
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     overrides = list(overrides or [])
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    file_params = validate(data, source)  # the file as written: a value the demo section replaces is checked too
     dataset = data.get("dataset")
-    for text in overrides:
-        keys, value = parse_override(text)
+    for _, keys, value in parsed:
         if keys == ["dataset"]:
             dataset = value
     merged = json.loads(json.dumps(data))
@@ -541,12 +578,54 @@ def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: st
     if isinstance(mvcgan, dict) and isinstance(mvcgan.get("datasets"), dict) \
             and isinstance(mvcgan["datasets"].get(dataset), dict):
         mvcgan.update(mvcgan["datasets"][dataset])
-    demo = merged.get("demo") or {}
-    if dataset == "demo" and isinstance(demo, dict):
-        for section, values in demo.items():
-            if isinstance(merged.get(section), dict) and isinstance(values, dict):
-                merged[section].update(values)
-    return validate(apply_overrides(merged, overrides), source)
+    demo_overrides = [text for text, keys, _ in parsed if keys[0] == "demo"]
+    rest = [text for text, keys, _ in parsed if keys[0] != "demo"]
+    merged = apply_overrides(merged, demo_overrides)
+    if dataset == "demo" and isinstance(merged.get("demo"), dict):
+        forced = {tuple(keys[1:3]) for _, keys, _ in parsed if keys[0] == "demo"}
+        for section, values in merged["demo"].items():
+            if not isinstance(values, dict):
+                continue
+            target = merged.setdefault(section, {})
+            if not isinstance(target, dict):
+                continue
+            for key, value in values.items():
+                if (section,) in forced or (section, key) in forced \
+                        or not _changed_from_published(file_params, section, key):
+                    target[key] = value
+    if ablation is not None:
+        rest = ablation_overrides(file_params, ablation, source) + rest
+    params = validate(apply_overrides(merged, rest), source)
+    if ablation is None:
+        for name in file_params.ablations:  # each named ablation must resolve too
+            try:
+                resolve(data, [o for o in overrides if o.split("=", 1)[0].strip() == "dataset"], source, name)
+            except ParamsError as exc:
+                raise ParamsError(f"{source}: ablation '{name}': {str(exc).removeprefix(source + ': ')}") from None
+    return params
+
+
+def _changed_from_published(file_params: Params, section: str, key: str) -> bool:
+    """Whether the file sets ``section.key`` to other than its published value (the schema default)."""
+    ours = getattr(file_params, section, None)
+    if not isinstance(ours, BaseModel) or key not in type(ours).model_fields:
+        return False  # an unknown key: the demo's value applies, and validation names it
+    field = type(ours).model_fields[key]
+    if field.is_required():
+        return False
+    published = field.get_default(call_default_factory=True)
+    dump = TypeAdapter(field.annotation).dump_python
+    return dump(getattr(ours, key), mode="json") != dump(published, mode="json")
+
+
+def ablation_overrides(params: Params, name: str, source: str = "params") -> list[str]:
+    """``KEY=VALUE`` overrides of the named ablation ``ablations.<name>`` (its model first)."""
+    entry = params.ablations.get(name)
+    if entry is None:
+        known = ", ".join(sorted(params.ablations)) or "none"
+        raise ParamsError(f"{source}: no ablation '{name}' in ablations (defined: {known})")
+    sections = {k: v for k, v in entry.items() if k != "model"}
+    return [f"model={entry['model']}"] + [f"{k}={json.dumps(v)}" for k, v in flatten(sections).items()]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -573,8 +652,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (default: the project's), apply ``KEY=VALUE`` overrides, validate."""
+def read_params_file(path: str | Path | None = None) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a params file (default: the project's params.yaml) and its name for messages."""
     path = Path(path) if path else DEFAULT_PARAMS
     try:
         data = yaml.safe_load(path.read_text())
@@ -582,14 +661,25 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return resolve(data or {}, overrides, source=str(path))
+    return data or {}, str(path)
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None,
+                ablation: str | None = None) -> Params:
+    """Read params.yaml (default: the project's), apply the named ``ablation`` and ``KEY=VALUE``
+    overrides, validate."""
+    data, source = read_params_file(path)
+    return resolve(data, overrides, source=source, ablation=ablation)
 
 
 def overrides_between(base: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """``KEY=VALUE`` strings for every leaf of ``config`` that differs from ``base`` (what
-    ``snakemake --config`` changed relative to params.yaml)."""
+    ``snakemake --config`` changed relative to params.yaml). Snakemake hands nested values over as
+    strings (``gmnr={vdr: false}`` gives ``"false"``): a string is passed on as the text it was, to be
+    read as YAML like a ``-S`` value."""
     ours, theirs = flatten(config), flatten(base)
-    return [f"{k}={json.dumps(v)}" for k, v in ours.items() if theirs.get(k, object()) != v]
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in ours.items()
+            if theirs.get(k, object()) != v]
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -24,15 +24,19 @@ files, so a stage owns exactly its entries and nothing else:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 RECORD_VERSION = 1
+# What a workflow engine leaves in a folder it lists as an output: Snakemake dates a folder output by
+# its `.snakemake_timestamp`. Replaced with the folder, never a reason to refuse it.
+ENGINE_FILES = frozenset({".snakemake_timestamp"})
 
 
 class OutputConflict(ValueError):
@@ -173,7 +177,7 @@ class StagedOutput:
                 continue
             if os.path.isdir(target) and not os.path.islink(target):
                 # A folder's own files decide (empty sub-folders hold nothing to lose).
-                foreign = [f for f in _files_under(target) if f"{entry}/{f}" not in owned]
+                foreign = [f for f in _files_under(target) if f"{entry}/{f}" not in owned and f not in ENGINE_FILES]
                 if foreign:
                     more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
                     raise OutputConflict(
@@ -187,16 +191,8 @@ class StagedOutput:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _lock_staging(self) -> None:
-        fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise OutputConflict(f"another gmnr {self.stage} is writing {self.out} right now "
-                                     f"({self.staging} is locked); wait for it to finish") from None
-            raise
-        self._lock_fd = fd
+        self._lock_fd = _exclusive(os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY), self.stage, self.out,
+                                   self.staging)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -289,6 +285,45 @@ class StagedOutput:
                 os.replace(new / e, target)
         _atomic_json(plan["record"], self.record_path)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exclusive(fd: int, stage: str, out: Path, locked: Path) -> int:
+    """``flock`` ``fd`` (an open file or folder) exclusively without waiting; another holder of the
+    lock means another run writes ``out`` right now: :class:`OutputConflict` naming it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            holder = ""
+            try:
+                pid = Path(locked).read_text().strip() if Path(locked).is_file() else ""
+                holder = f" by process {pid}" if pid.isdigit() else ""
+            except OSError:
+                pass
+            raise OutputConflict(f"another gmnr {stage} is writing {out} right now ({locked} is locked{holder}); "
+                                 f"wait for it to finish, or choose another --output") from None
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, stage: str) -> Iterator[Path]:
+    """Hold ``<out>/.gmnr-<stage>.lock`` exclusively while ``stage`` writes the folder ``out`` in place
+    (a training run adds checkpoints to its folder as it goes, so it is locked rather than staged): a
+    second writer is refused at once, before it reads, moves or prunes anything. The lock is the
+    same ``flock`` that guards a staging folder; the file holds the writer's pid for the message and
+    stays (it is not an output)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f".gmnr-{stage}.lock"
+    fd = _exclusive(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), stage, out, path)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)
 
 
 def check_outputs_clear_of_inputs(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:

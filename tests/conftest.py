@@ -43,6 +43,37 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def use_small_demo(root: Path) -> None:
+    """The pipeline tests' demo in ``root/params.yaml``: 40 images, a few training steps from the
+    bundled backbone per model, small renders and evaluations (the pipeline, not learning)."""
+    import yaml
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["synth"]["count"] = 40
+    params["demo"]["gmpi"].update(planes_train=4, planes_eval=4)
+    params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
+                                   grid_views=2)
+    params["render"].update(seeds=2, frames=4)
+    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1,
+                                      with_init=False)  # the untrained baseline is tested in test_evaluate
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory) -> Path:
+    """The small demo run once by ``snakemake --cores 2`` in a copy of the project, shared by the
+    tests that need a finished pipeline (test_pipeline, test_slurm's local reference,
+    test_dvc_remote), so it runs once per session."""
+    import time
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    use_small_demo(root)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=root, capture_output=True,
+                          text=True, env=env_with_venv(), timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"\nfirst snakemake run of the small demo: {time.perf_counter() - start:.1f} s")
+    return root
+
+
 def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gmnr", *args], cwd=cwd, env=env or env_with_venv(),
                           capture_output=True, text=True, timeout=timeout)

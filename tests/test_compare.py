@@ -27,10 +27,10 @@ def store(tmp_path, monkeypatch):
 
 
 def _run(store, model, metrics, *, start, ablation="default", dataset="demo", backends=None, status="FINISHED",
-         stage="evaluate"):
+         stage="evaluate", tags=None):
     _, client, experiment_id = store
     tags = {"stage": stage, "dataset": dataset, "model": model, "train_run_id": f"train-{model}",
-            "checkpoint_step": "400", "pipeline_id": "test"}
+            "checkpoint_step": "400", "pipeline_id": "test", **(tags or {})}
     if ablation is not None:
         tags["ablation"] = ablation
     tags.update({f"backend.{k}": (backends or {}).get(k, "offline") for k in metrics})
@@ -198,3 +198,98 @@ def test_cli_exits_2_naming_the_metric_when_backends_differ(store, tmp_path):
 def test_results_path_is_a_param():
     assert config.load_params().paths.results == "results"
     assert config.load_params(overrides=["paths.results=elsewhere"]).paths.results == "elsewhere"
+
+
+def test_baselines_once_per_dataset_and_model_after_its_runs_and_named_ablations_apart(store, tmp_path):
+    """init and pretrained are the model's, not an ablation's: one row each per (dataset, model), the
+    newest, whichever evaluation measured them; a named ablation has its own row under its name."""
+    _run(store, "gmpi", _full(40.0, 12.0), start=T0)
+    _run(store, "gmpi", _full(90.0, 12.0), start=T0, ablation="init")
+    _run(store, "gmnr", _full(30.0, 3.0), start=T0)
+    _run(store, "gmnr", _full(80.0, 3.0), start=T0 + 1, ablation="pretrained")
+    _run(store, "gmnr", _full(99.0, 3.0), start=T0 + 1, ablation="init")
+    newest_init = _run(store, "gmnr", _full(98.0, 3.0), start=T0 + 2, ablation="vdr=false,init")
+    _run(store, "gmnr", _full(31.0, 3.0), start=T0 + 3, ablation="vdr=false")
+    named = _run(store, "gmnr", _full(32.0, 3.0), start=T0 + 4, ablation="vdr=false", tags={"ablation_name": "no-vdr"})
+    cmp.compare(tmp_path / "out")
+    rows = _md_rows((tmp_path / "out" / "table.md").read_text())
+    assert [r[1:3] for r in rows] == [["gmpi", "default"], ["gmpi", "init"], ["gmnr", "default"],
+                                      ["gmnr", "no-vdr: vdr=false"], ["gmnr", "vdr=false"], ["gmnr", "init"],
+                                      ["gmnr", "pretrained"]]
+    assert rows[5][3] == "98.00" and newest_init[:8] in rows[5][-1]
+    assert rows[3][3] == "32.00" and named[:8] in rows[3][-1]
+
+
+def test_each_row_links_to_its_mlflow_run(store, tmp_path):
+    uri, client, experiment_id = store
+    gmpi = _run(store, "gmpi", _full(40.0, 12.0), start=T0)
+    gmnr = _run(store, "gmnr", _full(30.0, 3.0), start=T0 + 1)
+    cmp.compare(tmp_path / "out")
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert md.splitlines()[0].rstrip(" |").endswith("| run")
+    links = [r[-1] for r in _md_rows(md)]
+    assert links == [f"[{run[:8]}](http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run})"
+                     for run in (gmpi, gmnr)]
+    with open(tmp_path / "out" / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run_url"].rsplit("/", 1)[-1] for r in table] == [gmpi, gmnr]
+    assert client.get_run(table[1]["run_url"].rsplit("/", 1)[-1]).data.tags["model"] == "gmnr"
+    # on a tracking server, the links open the server
+    rows = cmp.collect_evaluations()
+    assert cmp.run_url(rows[0], "http://mlflow.example:8080/") == \
+        f"http://mlflow.example:8080/#/experiments/{experiment_id}/runs/{gmpi}"
+
+
+def test_an_fps_timed_under_load_is_marked_and_explained(store, tmp_path):
+    """The evaluation logs the load average before timing (speed_load_avg) and the CPU count: at or
+    above it other work shared the CPU, and the table says so beside that FPS only."""
+    _run(store, "gmpi", _full(40.0, 12.5, speed_load_avg=3.5, speed_cpus=2), start=T0)
+    _run(store, "gmnr", _full(30.0, 3.25, speed_load_avg=0.5, speed_cpus=2), start=T0 + 1)
+    _run(store, "mvcgan", _full(50.0, 7.0), start=T0 + 2)  # not recorded: not marked
+    cmp.compare(tmp_path / "out")
+    md = (tmp_path / "out" / "table.md").read_text()
+    rows = _md_rows(md)
+    fps = [r[8] for r in rows]
+    assert fps == [f"12.5 {cmp.UNDER_LOAD}", "3.25", "7"], fps
+    assert "up to 3.5 on 2 CPUs" in md
+    with open(tmp_path / "out" / "table.csv") as f:
+        assert [r["fps_under_load"] for r in csv.DictReader(f)] == ["true", "false", "false"]
+    _run(store, "gmpi", _full(40.0, 12.5, speed_load_avg=0.2, speed_cpus=2), start=T0 + 3)  # measured again, idle
+    cmp.compare(tmp_path / "again")
+    md = (tmp_path / "again" / "table.md").read_text()
+    assert cmp.UNDER_LOAD not in md
+
+
+def _overlapping(boxes):
+    found = []
+    for i, (a, (ax, ay, aw, ah)) in enumerate(boxes):
+        for b, (bx, by, bw, bh) in boxes[i + 1:]:
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                found.append((a, b))
+    return found
+
+
+def test_fid_vs_fps_names_every_point_in_a_legend_and_no_text_overprints(store, tmp_path):
+    """Eight evaluations with nearly the same FID and FPS (their labels would pile up beside the points):
+    each is one legend entry (model, ablation; a baseline; an FPS under load flagged), no two texts of
+    the figure overlap, and the legend lies beside the axes, not over the points."""
+    _run(store, "gmpi", _full(40.0, 12.0), start=T0)
+    _run(store, "gmpi", _full(40.2, 12.1), start=T0, ablation="init")
+    _run(store, "gmnr", _full(40.1, 12.05), start=T0)
+    for i, setting in enumerate(("vdr=false", "consistency_weight=0", "vdr_fraction=0.3,train.steps=400",
+                                 "k_hidden=64,h_hidden=32,consistency_view=prior,evaluate.fid_images=1000")):
+        _run(store, "gmnr", _full(40.05 + i / 100, 12.02 + i / 100), start=T0 + 1 + i, ablation=setting)
+    _run(store, "mvcgan", _full(40.3, 12.2, speed_load_avg=4.0, speed_cpus=2), start=T0)
+    rows = cmp.collect_evaluations()
+    columns = cmp.resolve_backends(rows)
+    drawn = cmp.plot_fid_vs_fps(tmp_path / "fid_vs_fps.png", rows, columns)
+    assert len(drawn["legend"]) == len(rows) == 8
+    for row, label in zip(rows, drawn["legend"]):  # every setting, on lines of their own when long
+        assert label.replace("\n", "") == row.label() + (f" ({cmp.UNDER_LOAD} under load)" if row.under_load else "")
+        assert max(len(line) for line in label.splitlines()) <= 44, label
+    assert drawn["legend"][-1].endswith(f"({cmp.UNDER_LOAD} under load)")
+    assert not _overlapping(drawn["text_boxes"]), _overlapping(drawn["text_boxes"])
+    legend = [box for text, box in drawn["text_boxes"] if text in drawn["legend"]]
+    axes_right = max(x + w for text, (x, y, w, h) in drawn["text_boxes"] if text.startswith("FPS (log scale)"))
+    assert min(x for x, y, w, h in legend) > axes_right - 1  # right of the axes' own texts
+    _assert_png(tmp_path / "fid_vs_fps.png")

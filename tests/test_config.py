@@ -90,3 +90,59 @@ def test_override_parsing():
     assert config.parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     with pytest.raises(config.ParamsError, match="KEY=VALUE"):
         config.parse_override("novalue")
+
+
+# Precedence: params.yaml (published) < demo section < a value changed in params.yaml < -S / --config.
+def test_the_demo_section_replaces_published_values_and_overrides_win_over_it():
+    data = _defaults()
+    assert config.resolve(data).train.steps == data["demo"]["train"]["steps"]  # demo replaces the published 5000
+    assert config.resolve(data, ["train.steps=7"]).train.steps == 7  # -S wins over the demo section
+    assert config.resolve(data, ["demo.train.steps=3"]).train.steps == 3  # -S on the demo section takes effect
+    assert config.resolve(data, ["dataset=ffhq256"]).train.steps == data["train"]["steps"]  # not the demo
+
+
+def test_a_value_changed_in_params_yaml_wins_over_the_demo_section_as_dvc_exp_run_sets_it(tmp_path):
+    """`dvc exp run -S train.steps=300` writes 300 into params.yaml (DVC's own code does it here): the
+    demo run then trains 300 steps, not the demo section's 200."""
+    from dvc.utils.hydra import apply_overrides
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(path), ["train.steps=300"])
+    assert config.load_params(path).train.steps == 300
+    assert config.load_params(path, ["train.steps=9"]).train.steps == 9
+    assert config.load_params(path).train.lr_g == _defaults()["demo"]["train"]["lr_g"]  # the rest: the demo's
+
+
+def test_the_demo_section_cannot_hide_an_invalid_value_in_params_yaml():
+    data = _defaults()
+    data["train"]["steps"] = "abc"  # the demo section sets train.steps too
+    with pytest.raises(config.ParamsError, match=r"'train.steps': Input should be a valid integer"):
+        config.resolve(data)
+    done = run_cli("params", "-S", "train.steps=abc")
+    assert done.returncode == 2 and "train.steps" in done.stderr
+
+
+def test_params_yaml_states_the_published_value_of_every_key_the_demo_section_sets():
+    """The demo section applies where params.yaml still holds the published value (the schema default):
+    a published value changed in params.yaml without the schema would silently stop the demo's."""
+    data = _defaults()
+    published = config.Params.model_validate({"cameras": data["cameras"]}).model_dump(mode="json")
+    stated = config.validate(data).model_dump(mode="json")
+    differ = [f"{s}.{k}: params.yaml {stated[s][k]!r}, schema {published[s][k]!r}"
+              for s, values in data["demo"].items() for k in values if stated[s][k] != published[s][k]]
+    assert not differ, "update the default in gmnr/config.py too: " + "; ".join(differ)
+
+
+def test_named_ablations_are_checked_like_params():
+    data = _defaults()
+    data["ablations"] = {"no-vdr": {"model": "gmnr", "gmnr": {"vdr": False}}}
+    params = config.resolve(data, ablation="no-vdr")
+    assert (params.model, params.gmnr.vdr, params.train.steps) == ("gmnr", False, data["demo"]["train"]["steps"])
+    data["ablations"]["bad"] = {"model": "gmnr", "gmnr": {"vdr": "maybe"}}
+    with pytest.raises(config.ParamsError, match="ablation 'bad': 'gmnr.vdr'"):
+        config.resolve(data)
+    data["ablations"]["bad"] = {"model": "gmnr", "synth": {"count": 5}}
+    with pytest.raises(config.ParamsError, match="may set the model sections .* not synth"):
+        config.resolve(data)
+    with pytest.raises(config.ParamsError, match="no ablation 'nope'"):
+        config.resolve(_defaults(), ablation="nope")

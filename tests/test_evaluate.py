@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmnr.config import load_params
-from gmnr.eval.evaluate import ablation_tag
+from gmnr.eval.evaluate import run_labels
 from tests.conftest import ROOT, env_with_venv, make_disc_dataset
 
 TINY = ["-S", "pack.resolution=16", "-S", "gmpi.pretrained=null",
@@ -21,18 +21,26 @@ EVAL = ["-S", "evaluate.fid_images=12", "-S", "evaluate.identity_pairs=2", "-S",
 METRIC_KEYS = ("fid", "kid", "identity_similarity", "depth_mse", "pose_mse", "fps")
 
 
-def test_ablation_tag_names_only_the_changed_gmnr_switches():
-    assert ablation_tag(load_params(overrides=["model=gmpi", "gmnr.vdr=false"])) == "default"
-    assert ablation_tag(load_params(overrides=["model=gmnr"])) == "default"
+def test_ablation_labels_hold_every_setting_that_differs_from_params_yaml():
+    reference = load_params()
+    assert run_labels(load_params(overrides=["model=gmpi", "gmnr.vdr=false"]), reference)["ablation"] == "default"
+    assert run_labels(load_params(overrides=["model=gmnr"]), reference)["ablation"] == "default"
     params = load_params(overrides=["model=gmnr", "gmnr.vdr=false", "gmnr.vdr_fraction=0.3",
-                                    "gmnr.consistency_weight=0", "gmnr.k_hidden=32"])
-    assert ablation_tag(params) == "vdr=False,vdr_fraction=0.3,consistency_weight=0"
-    assert ablation_tag(load_params(overrides=["model=gmnr", "gmnr.consistency_view=prior"])) == \
-        "consistency_view=prior"
-    gmnr = load_params(overrides=["model=gmnr"])
-    assert ablation_tag(gmnr, "off") == "inference_vdr=off" and ablation_tag(gmnr, "all") == "default"
-    assert ablation_tag(load_params(overrides=["model=gmnr", "gmnr.vdr=false"]), "off") == "vdr=False"
-    assert ablation_tag(load_params(overrides=["model=gmpi"]), "off") == "default"
+                                    "gmnr.consistency_weight=0", "train.steps=400", "evaluate.fid_images=1000"])
+    labels = run_labels(params, reference)
+    # every difference (ordered by full key; the model's own section without its prefix), not only GMNR's switches
+    assert labels["ablation"] == "evaluate.fid_images=1000,consistency_weight=0,vdr=false,vdr_fraction=0.3," \
+                                 "train.steps=400"
+    # the run folder: what training read (the evaluation's own setting names its report, not the folder)
+    assert labels["run"] == "gmnr+consistency_weight=0,vdr=false,vdr_fraction=0.3,train.steps=400"
+    assert labels["data_variant"] == "default"
+    assert run_labels(load_params(overrides=["model=gmnr", "evaluate.vdr=sampled"]), reference)["ablation"] == \
+        "evaluate.vdr=sampled"
+    # a value equal to params.yaml's (the demo's 200 steps) is no difference; execution settings never are
+    assert run_labels(load_params(overrides=["model=gmpi", "train.steps=200", "train.threads=1"]), reference) == \
+        {"ablation": "default", "data_variant": "default", "run": "gmpi"}
+    data = run_labels(load_params(overrides=["model=gmpi", "synth.count=50"]), reference)
+    assert (data["ablation"], data["data_variant"]) == ("default", "synth.count=50")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,7 @@ def trained(tmp_path_factory):
 def _evaluate(root, env, *extra):
     return subprocess.run([sys.executable, "-m", "gmnr", "evaluate", "--no-progress", "--checkpoint",
                            str(root / "run" / "final.pt"), "--input", str(root / "packed"), *TINY, *EVAL,
-                           "-S", f"paths.runs={root / 'runs'}", *extra],
+                           "-S", f"paths.runs={root / 'runs'}", "-S", f"paths.reports={root / 'reports'}", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -76,16 +84,19 @@ def test_evaluate_writes_metrics_json_and_an_mlflow_run_with_its_tags(trained):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.stage = 'evaluate'")
-    # evaluate.with_init (default): the untrained generator is measured first, in its own run
-    assert sorted(r.data.tags["ablation"] for r in runs) == ["default", "init"]
-    first_init = json.loads((root / "final_metrics-init.json").read_text())
-    assert first_init["tags"]["ablation"] == "init" and first_init["metrics"]["fid"] != report["metrics"]["fid"]
-    run = next(r for r in runs if r.data.tags["ablation"] == "default")
+    # The TINY settings differ from params.yaml: this evaluation is an ablation, labelled with every one of
+    # them, and measures no baselines (those are measured once, with the run params.yaml defines).
+    assert [r.data.tags["ablation"] for r in runs] == [tags["ablation"]]
+    assert "channel_base=256" in tags["ablation"] and "z_dim=16" in tags["ablation"]
+    assert not (root / "final_metrics-init.json").exists()
+    run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_id == report["mlflow_run_id"]
     t = run.data.tags
     assert state["mlflow_run_id"] and t["train_run_id"] == state["mlflow_run_id"]
     assert client.get_run(t["train_run_id"]).data.tags["stage"] == "train"
-    assert (t["dataset"], t["model"], t["ablation"], t["checkpoint_step"]) == ("demo", "gmpi", "default", "2")
+    assert (t["dataset"], t["model"], t["checkpoint_step"]) == ("demo", "gmpi", "2")
+    assert t["data_variant"] == "pack.resolution=16" and t["run"].startswith("gmpi+")
+    assert f"runs/{t['train_run_id']}" in t["mlflow.note.content"]  # the description links the training run
     for key in METRIC_KEYS:
         assert t[f"backend.{key}"] == backends[key]
     assert all(t[k] == v for k, v in tags.items())  # metrics.json's tags are the run's tags
@@ -96,8 +107,10 @@ def test_evaluate_writes_metrics_json_and_an_mlflow_run_with_its_tags(trained):
 
     init = _evaluate(root, env, "--init")
     assert init.returncode == 0, init.stderr[-3000:]
-    init_report = json.loads((root / "runs" / "demo" / "gmpi" / "metrics_init.json").read_text())
-    assert init_report["tags"]["ablation"] == "init" and init_report["tags"]["checkpoint"] == "init"
+    # by default beside the pipeline's reports, in the folders of this run (TINY differs from params.yaml)
+    [init_path] = (root / "reports").glob("demo+*/evaluate/gmpi+*-init.json")
+    init_report = json.loads(init_path.read_text())
+    assert init_report["tags"]["ablation"] == f"{tags['ablation']},init" and init_report["tags"]["checkpoint"] == "init"
     assert init_report["metrics"]["fid_real_features_cached"] is True
     assert math.isfinite(init_report["metrics"]["fid"]) and init_report["metrics"]["fid"] != metrics["fid"]
 

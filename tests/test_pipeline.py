@@ -9,10 +9,11 @@ import sys
 import time
 import urllib.request
 
+import imageio.v3 as iio
 import pytest
 import yaml
 
-from tests.conftest import copy_project, env_with_venv
+from tests.conftest import env_with_venv
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ("source", "landmarks", "pose", "pack")
@@ -50,23 +51,9 @@ def _jobs_planned(dry_run_output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("project"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["synth"]["count"] = 40
-    # A few steps from the bundled demo backbone (gmpi.pretrained: demo64): this test is about the
-    # pipeline, not about learning.
-    params["demo"]["gmpi"].update(planes_train=4, planes_eval=4)
-    params["demo"]["train"].update(steps=4, checkpoint_every=2, sample_every=2, log_every=1, grid_latents=2,
-                                   grid_views=2)
-    params["render"].update(seeds=2, frames=4)
-    params["demo"]["evaluate"].update(fid_images=16, identity_pairs=2, geometry_images=2, speed_frames=2, speed_warmup=1,
-                                      with_init=False)  # the untrained baseline is tested in test_evaluate
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    done, seconds = _snakemake(cwd=root)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    print(f"\nfirst snakemake run: {seconds:.1f} s")
-    return root
+def project(demo_project):
+    """The small demo after its first `snakemake --cores 2` (tests/conftest.py, shared with other tests)."""
+    return demo_project
 
 
 def test_first_run_produces_every_output_with_good_detection_and_pose(project):
@@ -86,6 +73,14 @@ def test_first_run_produces_every_output_with_good_detection_and_pose(project):
         assert train["step"] == 4 and (project / "runs" / "demo" / model / "final.pt").is_file()
         render = project / "runs" / "demo" / model / "render"
         assert {p.name for p in render.iterdir()} >= {"sweep.mp4", "sweep_depth.gif", "circle.mp4", "grid.png"}
+        # previews large enough to see: the 64 px renders upscaled to 256 px tiles; the depth key beside
+        # the depth frames (wider than tall)
+        sweep, depth = (iio.imread(render / f"{n}.gif") for n in ("sweep", "sweep_depth"))
+        side = sweep.shape[1]
+        assert side >= 256 and sweep.shape[2] == side, sweep.shape
+        assert depth.shape[1] == side and depth.shape[2] > side + 32, depth.shape
+        assert iio.imread(render / "grid.png").shape[0] == 2 * side  # render.seeds: 2 rows
+        assert min(iio.imread(project / "runs" / "demo" / model / "samples" / "final.png").shape[:2]) >= 2 * 256
         evaluation = json.loads((project / "reports" / "demo" / "evaluate" / f"{model}.json").read_text())
         assert evaluation["metrics"]["fid"] > 0 and evaluation["metrics"]["fps"] > 0, evaluation
     table = (project / "results" / "table.md").read_text()
@@ -98,6 +93,7 @@ def test_snakemake_report_holds_the_table_and_the_pictures(project):
     assert done.returncode == 0, done.stderr[-3000:]
     html = (project / "report.html").read_text(errors="replace")
     assert "fid_vs_fps.png" in html and "table.csv" in html and "Training samples" in html
+    assert "table.md" in html  # the table as people read it, with its run links and notes
 
 
 def test_second_snakemake_and_dvc_are_noops(project):
@@ -172,6 +168,12 @@ def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         by_stage.setdefault(tags.get("stage"), []).append((run, tags))
+    # one parent run per pipeline invocation, the stage runs of that invocation nested under it
+    parents = {tags["pipeline_id"]: run["info"]["run_id"] for run, tags in by_stage.pop("pipeline", [])}
+    stage_runs = [(run, tags) for entries in by_stage.values() for run, tags in entries]
+    assert {tags["pipeline_id"] for _, tags in stage_runs} <= set(parents), (sorted(parents), stage_runs[:1])
+    for run, tags in stage_runs:
+        assert tags.get("mlflow.parentRunId") == parents[tags["pipeline_id"]], (run["info"]["run_name"], tags)
     assert set(by_stage) == set(STAGE_TAGS)
     models = _models(project)
     for stage in STAGE_TAGS:
@@ -190,9 +192,21 @@ def test_mlflow_server_lists_one_run_per_stage_with_params_and_metrics(project):
             assert run["info"]["status"] == "FINISHED"
             assert run["data"].get("params") and run["data"].get("metrics")
             assert tags["dataset"] == "demo" and tags["git_commit"] != "unknown"
+            # named for what it is (`train demo/gmpi`, `pose demo`); a model only where there is one
+            name = run["info"]["run_name"]
+            if per_model:
+                assert name == f"{stage} demo/{tags['model']}", name
+            elif stage == "compare":
+                assert name == "compare" and tags["model"] == ",".join(sorted(models))  # the models it compares
+            else:
+                assert "model" not in tags and name == f"{stage} demo", (name, tags.get("model"))
 
 
-def test_mlflow_ui_shows_the_demo_runs_in_a_browser(project, tmp_path):
-    from tests.mlflow_ui import check_mlflow_ui
-    check_mlflow_ui(project / "mlflow.db", STAGE_TAGS, "fid", tmp_path / "mlflow-ui.png",
-                    artifact_root=project / "mlartifacts", docs_name="mlflow-ui.png")
+def test_mlflow_ui_shows_the_demo_runs_in_a_browser(project):
+    """The store the demo wrote, as a person browses it (screenshots in test-artifacts/mlflow-ui-demo/)."""
+    from tests.mlflow_ui import artifacts_dir, check_mlflow_ui
+    models = _models(project)
+    seen = check_mlflow_ui(project / "mlflow.db", STAGE_TAGS, "fid", artifacts_dir("mlflow-ui-demo"),
+                           artifact_root=project / "mlartifacts", docs_name="mlflow-ui.png",
+                           expect_names=[f"evaluate demo/{m}" for m in models] + ["train demo/gmpi", "pose demo"])
+    assert seen["unfolded"] >= 1

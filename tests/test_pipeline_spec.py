@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from gmnr.pipeline_spec import load_stages, snakemake_inputs
+from gmnr.pipeline_spec import folder_readers, load_stages, snakemake_inputs
 from tests.conftest import ROOT, env_with_venv
 
 
@@ -59,5 +59,20 @@ def test_foreach_stages_expand_per_item_and_folder_deps_become_the_outputs_insid
     assert (gmnr.cmd, gmnr.params, gmnr.outs, gmnr.rule_name) == (
         "train -S model=gmnr", ["gmnr", "demo.gmnr"], ["runs/gmnr/final.pt"], "train_gmnr")
     assert snakemake_inputs(stages["compare"], stages) == ["reports/eval/gmpi.json", "reports/eval/gmnr.json", "code.py"]
+    assert folder_readers(stages["compare"], stages) and not folder_readers(gmnr, stages)
     with pytest.raises(ValueError, match="foreach"):
-        load_stages(tmp_path / "dvc.yaml", {"models": {"a": 1}})
+        load_stages(tmp_path / "dvc.yaml", {"models": 5})
+
+
+def test_foreach_over_a_mapping_names_stages_by_key_and_reads_item_fields(tmp_path):
+    """Named ablations: `foreach: ${ablations}` (a mapping), as DVC expands it: ${key}, ${item.model}."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "ablation-train": {"foreach": "${ablations}", "do": {
+            "cmd": "train --ablation ${key}", "params": ["${item.model}", "ablations.${key}"],
+            "outs": ["runs/${item.model}+${key}/final.pt"]}}}}, sort_keys=False))
+    stages = load_stages(tmp_path / "dvc.yaml", {"ablations": {"no-vdr": {"model": "gmnr"}}})
+    stage = stages["ablation-train@no-vdr"]
+    assert (stage.cmd, stage.params, stage.outs, stage.rule_name) == (
+        "train --ablation no-vdr", ["gmnr", "ablations.no-vdr"], ["runs/gmnr+no-vdr/final.pt"],
+        "ablation_train_no_vdr")
+    assert load_stages(tmp_path / "dvc.yaml", {"ablations": {}}) == {}

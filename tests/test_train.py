@@ -138,3 +138,74 @@ def test_a_run_of_other_params_is_moved_aside_and_an_extended_run_resumes(packed
                           env=_env(packed), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step-000000002.pt" in done.stdout.split('"resumed_from":')[1].split("\n")[0]
+
+
+def _train(packed, out, *args):
+    done = subprocess.run(_train_cmd(packed, out, *args), env=_env(packed), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _final(run_dir):
+    return torch.load(run_dir / "final.pt", map_location="cpu", weights_only=True)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lowering_train_steps_below_a_finished_run_starts_afresh_and_labels_final_truly(packed):
+    """A finished 4-step run, then train.steps 2 on the same folder: the longer run's checkpoints are
+    moved aside, unchanged, and final.pt is a 2-step run's (as a fresh 2-step run makes it), never the
+    4-step weights labelled with 2 steps."""
+    every = ["-S", "train.checkpoint_every=2", "-S", "train.sample_every=2"]
+    out = packed / "lowered"
+    _train(packed, out, "-S", "train.steps=4", *every)
+    longer = _final(out)
+    assert longer["step"] == 4
+    done = _train(packed, out, "-S", "train.steps=2", *every)
+    assert "holds a run past train.steps (step 4, train.steps is now 2)" in done.stdout, done.stdout[-2000:]
+    assert '"resumed_from": ""' in done.stdout
+    [stale] = (out / "checkpoints").glob("stale-*")
+    assert sorted(p.name for p in stale.glob("step-*.pt")) == ["step-000000002.pt", "step-000000004.pt"]
+    assert _same_weights(torch.load(stale / "step-000000004.pt", weights_only=True)["G_ema"], longer["G_ema"])
+    final = _final(out)
+    assert final["step"] == 2 and final["config"]["train"]["steps"] == 2
+    _train(packed, packed / "fresh-2", "-S", "train.steps=2", *every)
+    assert _same_weights(final["G_ema"], _final(packed / "fresh-2")["G_ema"])
+    assert not _same_weights(final["G_ema"], longer["G_ema"])
+
+
+def test_a_second_train_on_a_folder_in_use_is_refused_and_the_first_finishes_intact(packed):
+    """Two trains on one run folder at once: the second (other params) is refused in one line naming the
+    folder, before it reads, moves or prunes anything; the first ends as an uninterrupted run does."""
+    args = ["-S", "train.steps=6", "-S", "train.checkpoint_every=2", "-S", "train.sample_every=2"]
+    out = packed / "shared-folder"
+    first = subprocess.Popen(_train_cmd(packed, out, *args), env=_env(packed), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (out / "checkpoints" / "step-000000002.pt").exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGSTOP)  # mid-run, holding the folder: the second must meet it there
+        before = sorted(p.name for p in (out / "checkpoints").iterdir())
+        started = time.perf_counter()
+        second = subprocess.run(_train_cmd(packed, out, *args, "-S", "train.r1_gamma=0.5"), env=_env(packed),
+                                capture_output=True, text=True, timeout=300)
+        refused_in = time.perf_counter() - started
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing moved or pruned
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=600)
+    print(f"\nsecond train refused after {refused_in:.1f} s")
+    assert second.returncode == 2, second.stderr[-2000:]
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith("gmnr train: error: another gmnr train is writing") and str(out) in line, line
+    assert f"by process {first.pid}" in line
+    assert first.returncode == 0, stderr[-3000:]
+    assert not list((out / "checkpoints").glob("stale-*")), "the first run's checkpoints were moved aside"
+    assert _final(out)["step"] == 6
+    _train(packed, packed / "uninterrupted-6", *args)
+    assert _same_weights(_final(out)["G_ema"], _final(packed / "uninterrupted-6")["G_ema"])

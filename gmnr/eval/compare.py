@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,9 @@ METRIC_KEYS = tuple(m[0] for m in METRICS)
 MODEL_ORDER = ("gmpi", "gmnr", "mvcgan")
 UNSPECIFIED = "unspecified"  # an evaluation run that did not tag a metric's back end
 EVALUATE_STAGE = "evaluate"
+BASELINES = ("init", "pretrained")  # one row each per (dataset, model), whatever run measured them
+UNDER_LOAD = "†"  # marks an FPS measured while other work shared the CPU
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 
 
 class CompareError(ValueError):
@@ -51,6 +55,18 @@ class EvalRow:
     checkpoint_step: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # finite values only
     backends: dict[str, str] = field(default_factory=dict)  # metric -> back end
+    experiment_id: str = ""
+    load_avg: float | None = None  # 1-minute load average before the FPS was timed
+    cpus: int | None = None
+
+    @property
+    def under_load(self) -> bool:
+        """Whether the FPS was timed while the load average reached the CPU count (other work ran)."""
+        return self.load_avg is not None and self.cpus is not None and self.load_avg >= self.cpus
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.ablation in BASELINES
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -135,10 +151,19 @@ def collect_evaluations(tracking_uri: str | None = None, experiment: str | None 
     ends: dict[tuple[str, str, str], int] = {}
     for run in runs:
         tags = run.data.tags
-        row = EvalRow(dataset=tags.get("dataset", "?"), model=tags.get("model", "?"),
-                      ablation=tags.get("ablation") or "default", run_id=run.info.run_id,
+        dataset, variant = tags.get("dataset", "?"), tags.get("data_variant", "default")
+        if variant not in ("", "default"):  # trained on other data: its own dataset row group
+            dataset = f"{dataset}+{variant}"
+        ablation = tags.get("ablation") or "default"
+        if ablation.rsplit(",", 1)[-1] in BASELINES:  # a baseline is the model's, not an ablation's
+            ablation = ablation.rsplit(",", 1)[-1]
+        elif tags.get("ablation_name"):  # a named ablation (params.yaml `ablations`): its name, then its settings
+            ablation = f"{tags['ablation_name']}: {ablation}"
+        row = EvalRow(dataset=dataset, model=tags.get("model", "?"), ablation=ablation, run_id=run.info.run_id,
                       start_time=run.info.start_time or 0, train_run_id=tags.get("train_run_id", ""),
-                      checkpoint_step=tags.get("checkpoint_step", ""))
+                      checkpoint_step=tags.get("checkpoint_step", ""), experiment_id=run.info.experiment_id,
+                      load_avg=_finite(run.data.metrics.get("speed_load_avg")),
+                      cpus=int(c) if (c := _finite(run.data.metrics.get("speed_cpus"))) else None)
         for key in METRIC_KEYS:
             v = _finite(run.data.metrics.get(key))
             if v is not None:
@@ -153,7 +178,8 @@ def collect_evaluations(tracking_uri: str | None = None, experiment: str | None 
 
     def order(r: EvalRow):
         model = MODEL_ORDER.index(r.model) if r.model in MODEL_ORDER else len(MODEL_ORDER)
-        return r.dataset, model, r.model, r.ablation != "default", r.ablation
+        kind = 0 if r.ablation == "default" else 2 if r.is_baseline else 1  # the run, its ablations, baselines
+        return r.dataset, model, r.model, kind, r.ablation
     return sorted(latest.values(), key=order)
 
 
@@ -237,35 +263,61 @@ def _cell(value: float | None, fmt: str) -> str:
     return format(value, fmt)
 
 
+def ui_base(tracking_uri: str = "") -> str:
+    """Where a person opens the runs: the tracking server itself, or `mlflow ui` for a local store."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+
+
+def run_url(row: EvalRow, tracking_uri: str = "") -> str:
+    return f"{ui_base(tracking_uri)}/#/experiments/{row.experiment_id}/runs/{row.run_id}"
+
+
+def _fps_cell(row: EvalRow, column: Column) -> str:
+    text = _cell(column.value(row), column.fmt)
+    return f"{text} {UNDER_LOAD}" if column.metric == "fps" and text != "–" and row.under_load else text
+
+
 def render_markdown(rows: list[EvalRow], columns: list[Column], tracking_uri: str = "") -> str:
-    head = ["dataset", "model", "ablation", *(c.header for c in columns)]
+    head = ["dataset", "model", "ablation", *(c.header for c in columns), "run"]
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join([":--"] * 3 + ["--:"] * len(columns)) + "|"]
+             "|" + "|".join([":--"] * 3 + ["--:"] * len(columns) + [":--"]) + "|"]
     for r in rows:
-        cells = [r.dataset, r.model, r.ablation, *(_cell(c.value(r), c.fmt) for c in columns)]
+        cells = [r.dataset, r.model, r.ablation, *(_fps_cell(r, c) for c in columns),
+                 f"[{r.run_id[:8]}]({run_url(r, tracking_uri)})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Back ends (every number in a column comes from the one back end named here):", ""]
     for c in columns:
         note = f" ({c.dropped} value(s) from other back ends left out)" if c.dropped else ""
         lines.append(f"- {c.title}: `{c.backend or '–'}`{note}")
+    loaded = [r for r in rows if r.under_load and "fps" in r.metrics]
+    if loaded:
+        worst = max(loaded, key=lambda r: r.load_avg / r.cpus)
+        lines += ["", f"{UNDER_LOAD} FPS timed while the machine's 1-minute load average was at or above its CPU "
+                      f"count (up to {worst.load_avg:.1f} on {worst.cpus} CPUs): other work shared the CPU, so "
+                      f"these rows are slower than the model is."]
     where = f" in `{tracking_uri}`" if tracking_uri else ""
     lines += ["", f"Each row is the latest finished `evaluate` run of its (dataset, model, ablation){where}; "
-                  "↓ lower is better, ↑ higher is better, – not measured. Run ids are in table.csv.", ""]
+                  "`init` and `pretrained` are each model's baselines (the untrained generator, the weights "
+                  "training started from), once per dataset and model. An ablation lists every setting that "
+                  "differs from params.yaml; a dataset `demo+<settings>` was trained on data made under other "
+                  "params. ↓ lower is better, ↑ higher is better, – not measured. `run` opens the MLflow run "
+                  f"(`mlflow ui` at {ui_base(tracking_uri)}); table.csv has the full ids.", ""]
     return "\n".join(lines)
 
 
-def write_csv(path: Path, rows: list[EvalRow], columns: list[Column]) -> None:
+def write_csv(path: Path, rows: list[EvalRow], columns: list[Column], tracking_uri: str = "") -> None:
     fields = ["dataset", "model", "ablation"]
     for c in columns:
         fields += [c.metric, f"{c.metric}_backend"]
-    fields += ["run_id", "train_run_id", "checkpoint_step", "start_time_ms"]
+    fields += ["fps_under_load", "load_avg", "run_id", "run_url", "train_run_id", "checkpoint_step", "start_time_ms"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             line = {"dataset": r.dataset, "model": r.model, "ablation": r.ablation, "run_id": r.run_id,
-                    "train_run_id": r.train_run_id, "checkpoint_step": r.checkpoint_step,
-                    "start_time_ms": r.start_time}
+                    "run_url": run_url(r, tracking_uri), "train_run_id": r.train_run_id,
+                    "checkpoint_step": r.checkpoint_step, "start_time_ms": r.start_time,
+                    "fps_under_load": str(r.under_load).lower(), "load_avg": "" if r.load_avg is None else r.load_avg}
             for c in columns:
                 v = c.value(r)
                 line[c.metric] = "" if v is None else repr(v)
@@ -285,8 +337,39 @@ def _model_colors(rows: list[EvalRow]) -> dict[str, tuple]:
     return {m: palette(i % 10) for i, m in enumerate(models)}
 
 
-def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> None:
-    """FID against rendering speed, one labelled point per row, log-scaled FPS axis."""
+def _wrap_label(text: str, width: int = 44) -> str:
+    """A legend entry on lines of at most ``width`` characters, broken after commas (the settings of
+    an ablation), a setting longer than a line cut into pieces: nothing is left out, and removing
+    the line breaks gives the text back."""
+    lines, line = [], ""
+    for piece in re.split(r"(?<=,)", text):
+        while len(piece) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join(lines + [line] if line else lines)
+
+
+MARKERS = {"default": "o", "init": "X", "pretrained": "v"}
+ABLATION_MARKERS = ("^", "s", "D", "P", "*", "h", "<", ">", "p", "d")
+
+
+def _markers(rows: list[EvalRow]) -> dict[str, str]:
+    """One marker per ablation (the default run a disc, the baselines a cross and a triangle)."""
+    others = sorted({r.ablation for r in rows} - set(MARKERS))
+    return {**MARKERS, **{a: ABLATION_MARKERS[i % len(ABLATION_MARKERS)] for i, a in enumerate(others)}}
+
+
+def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> dict:
+    """FID against rendering speed: one point per row, colour = model, marker = ablation, named in a
+    legend beside the axes (no labels on the points, so none overprint); a hollow point is an FPS
+    timed under load. Returns what it drew: the legend's labels and every text's box in pixels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -294,18 +377,20 @@ def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> N
     by = {c.metric: c for c in columns}
     fid, fps = by["fid"], by["fps"]
     with_dataset = len({r.dataset for r in rows}) > 1
-    colors = _model_colors(rows)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    colors, markers = _model_colors(rows), _markers(rows)
+    fig, ax = plt.subplots(figsize=(8.4, 4.8), dpi=120)
     points = [(fps.value(r), fid.value(r), r) for r in rows]
     points = [(x, y, r) for x, y, r in points if x is not None and y is not None and x > 0]
     for x, y, r in points:
-        ax.scatter([x], [y], color=colors[r.model], s=40, zorder=3)
-        ax.annotate(r.label(with_dataset), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        label = _wrap_label(r.label(with_dataset) + (f" ({UNDER_LOAD} under load)" if r.under_load else ""))
+        ax.scatter([x], [y], s=60, zorder=3, marker=markers[r.ablation], label=label, edgecolors=colors[r.model],
+                   facecolors="none" if r.under_load else colors[r.model], linewidths=1.5)
     if points:
         ax.set_xscale("log")
         xs = [p[0] for p in points]
-        lo, hi = min(xs), max(xs)
-        ax.set_xlim(lo / 1.6, hi * 2.5)  # room for the labels
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+                  title="model (ablation)", title_fontsize=8, borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no evaluation has both FID and FPS", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"FPS (log scale)\n{_wrapped(fps.backend, 80)}", fontsize=8)
@@ -313,8 +398,14 @@ def plot_fid_vs_fps(path: Path, rows: list[EvalRow], columns: list[Column]) -> N
     ax.set_title("Quality against rendering speed")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text(), tuple(t.get_window_extent(renderer).bounds)) for t in texts]
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()] if legend else []
     plt.close(fig)
+    return {"legend": labels, "text_boxes": boxes}
 
 
 def plot_metrics(path: Path, rows: list[EvalRow], columns: list[Column]) -> None:
@@ -365,7 +456,7 @@ def compare(output: Path, backends: Iterable[str] | dict[str, str] | None = None
     files = {"table_md": output / "table.md", "table_csv": output / "table.csv",
              "fid_vs_fps": output / "fid_vs_fps.png", "metrics": output / "metrics.png"}
     files["table_md"].write_text(render_markdown(rows, columns, uri))
-    write_csv(files["table_csv"], rows, columns)
+    write_csv(files["table_csv"], rows, columns, uri)
     plot_fid_vs_fps(files["fid_vs_fps"], rows, columns)
     plot_metrics(files["metrics"], rows, columns)
     return {"rows": len(rows), "output": str(output),

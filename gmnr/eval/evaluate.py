@@ -19,30 +19,36 @@ import math
 import time
 from pathlib import Path
 
-from gmnr.config import GMNR, Params
+from gmnr.config import Params
 from gmnr.io import write_json
 
 # metric key -> the metric object (by name) whose back end measured it
 METRIC_BACKENDS = {"fid": "fid", "kid": "fid", "identity_similarity": "identity", "depth_mse": "depth",
                    "pose_mse": "pose", "fps": "speed"}
-ABLATION_SWITCHES = ("vdr", "vdr_fraction", "consistency_weight", "consistency_view")
 
 
-def ablation_tag(params: Params, inference_vdr: str = "all") -> str:
-    """"default", or the GMNR ablation switches that differ from their defaults, e.g.
-    "vdr=False,vdr_fraction=0.3,consistency_weight=0", plus ``inference_vdr=...`` when GMNR is
-    evaluated with other than all eligible pairs (other models: always "default")."""
-    if params.model != "gmnr":
-        return "default"
-    defaults, ours = GMNR(), params.gmnr
-    parts = []
-    for key in ABLATION_SWITCHES:
-        value, default = getattr(ours, key), getattr(defaults, key)
-        if value != default:
-            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
-    if inference_vdr != "all" and ours.vdr:
-        parts.append(f"inference_vdr={inference_vdr}")
-    return ",".join(parts) or "default"
+def run_labels(trained: Params, reference: Params | None = None, ablation_name: str | None = None) -> dict[str, str]:
+    """How an evaluation is labelled in MLflow and the table: ``ablation``, every setting of the trained
+    run (its checkpoint's config) and of the evaluation that differs from ``reference`` (params.yaml
+    as it stands: "vdr=false,train.steps=400", or "default"); ``data_variant``, what differs in the
+    data it was trained on; ``run``, the run folder's name (gmnr.experiment)."""
+    from gmnr.experiment import Layout
+    if reference is None:
+        from gmnr.config import load_params
+        reference = load_params()
+    reference = reference.model_copy(update={"model": trained.model})
+    try:  # null architecture keys are the pretrained file's, as the trainer recorded them
+        from gmnr.models.factory import resolve_architecture
+        reference = resolve_architecture(reference)
+    except Exception:  # no file to read them from: compare what params say
+        pass
+    base = None
+    if ablation_name and ablation_name in reference.ablations:  # its folders are named after the ablation as written
+        from gmnr.config import ablation_overrides, apply_overrides, validate
+        base = validate(apply_overrides(reference.model_dump(mode="json"),
+                                        ablation_overrides(reference, ablation_name)), "params.yaml ablation")
+    layout = Layout.of(trained, reference, ablation_name, base=base)
+    return {"ablation": layout.ablation_text(), "data_variant": layout.data_text(), "run": layout.run_name()}
 
 
 def _n_planes(params: Params) -> int | None:
@@ -106,8 +112,11 @@ def has_pretrained_start(params: Params) -> bool:
 
 
 def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | None = None,
-             baseline: str | None = None, progress: bool = True) -> dict:
-    """Every metric for the checkpoint (``baseline`` None) or one of its :data:`BASELINES`."""
+             baseline: str | None = None, progress: bool = True, reference: Params | None = None,
+             ablation_name: str | None = None) -> dict:
+    """Every metric for the checkpoint (``baseline`` None) or one of its :data:`BASELINES`.
+    ``reference``: the params the run is labelled against (default: the project's params.yaml);
+    ``ablation_name``: the named ablation it belongs to (:func:`run_labels`)."""
     import torch
 
     from gmnr.eval.metrics import EvalContext
@@ -133,7 +142,8 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
                       center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,
                       truncation=cam.truncation, n_planes=_n_planes(trained), device=device, seed=params.seed,
                       batch_size=e.batch_size)
-    ablation = ablation_tag(trained, e.vdr)
+    labels = run_labels(trained, reference, ablation_name)
+    ablation = labels["ablation"]
     if baseline:
         ablation = baseline if ablation == "default" else f"{ablation},{baseline}"
     geometry = GeometryRenders(e.geometry_images, e.detect_size, e.min_face_confidence)
@@ -151,14 +161,25 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
         metrics_objects = metrics_objects[:2]
     step = int(state.get("step", 0)) if not baseline else 0
     tags = {"train_run_id": state.get("mlflow_run_id") or "", "dataset": trained.dataset, "model": trained.model,
-            "ablation": ablation, "checkpoint_step": str(step), "checkpoint": baseline or str(checkpoint),
-            "weights": weights[:250]}
+            "ablation": ablation, "data_variant": labels["data_variant"], "run": labels["run"],
+            "checkpoint_step": str(step), "checkpoint": baseline or str(checkpoint), "weights": weights[:250]}
+    if ablation_name:
+        tags["ablation_name"] = ablation_name
     from gmnr.train.loop import model_sections
     sections = ("evaluate", *model_sections(trained.model))
     values: dict = {}
     backends: dict[str, str] = {}
     seconds: dict[str, float] = {}
     with stage_run("evaluate", trained, sections, tags) as run:
+        if run.active:
+            measured = ("the weights training started from" if baseline == "pretrained" else
+                        "the untrained generator" if baseline else f"`{checkpoint}` (step {step})")
+            trained_by = (f"[the training run]({run.run_link(tags['train_run_id'])})" if tags["train_run_id"]
+                          else "a training run with no MLflow run")
+            run.set_description(f"Evaluation of {measured} of {trained.model} on {trained.dataset}, trained by "
+                                f"{trained_by}. Ablation: `{ablation}` (settings that differ from params.yaml); "
+                                f"run folder `{labels['run']}`. Metrics follow GMPI's protocol; each metric's "
+                                f"back end is in its `backend.<metric>` tag.")
         for metric in metrics_objects:
             start = time.perf_counter()
             result = metric.compute(G, ctx)

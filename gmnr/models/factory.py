@@ -68,8 +68,11 @@ def _gmpi_fields(params: Params) -> dict:
 def _mvcgan_fields(params: Params) -> dict:
     from gmnr.train.curriculum import curriculum_from_params
     cam, m = params.model_camera(), params.mvcgan  # MVCGAN's own camera, not the dataset's GMPI camera
-    rays = [s.ray_resolution for s in curriculum_from_params(params).stages]
-    return dict(resolution=params.training_resolution(), ray_resolution=rays[-1], min_ray_resolution=min(rays),
+    stages = curriculum_from_params(params).stages
+    rays = [s.ray_resolution for s in stages]
+    # The largest output is the curriculum's last usable stage (<= the packed resolution): no decoder
+    # widths are needed for resolutions training never reaches.
+    return dict(resolution=max(s.resolution for s in stages), ray_resolution=rays[-1], min_ray_resolution=min(rays),
                 z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers, siren_layers=m.siren_layers,
                 siren_hidden=m.siren_hidden, freq_scale=m.freq_scale, freq_bias=m.freq_bias, box_side=m.box_side,
                 samples_per_ray=m.samples_per_ray, decoder_channels=tuple(m.decoder_channels),

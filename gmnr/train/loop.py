@@ -140,12 +140,17 @@ class Trainer:
         if state.get("model") != self.params.model:
             raise RuntimeError(f"{path} holds a '{state.get('model')}' model, params say '{self.params.model}'")
         changed = changed_training_params(state.get("config", {}), self.params)
+        why = ""
         if changed:
+            why = f"a run of other params ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})"
+        elif int(state["step"]) > self.params.train.steps:
+            # A longer run is another run: resuming it would label its weights with the lower step count.
+            why = (f"a run past train.steps (step {int(state['step'])}, train.steps is now "
+                   f"{self.params.train.steps})")
+        if why:
             if self.info.is_main:
                 stale = ckpt.move_aside(folder)
-                print(f"gmnr train: {folder} holds a run of other params ({', '.join(changed[:5])}"
-                      f"{', ...' if len(changed) > 5 else ''}); moved it to {stale}, training from the start",
-                      flush=True)
+                print(f"gmnr train: {folder} holds {why}; moved it to {stale}, training from the start", flush=True)
             dist.barrier(self.info)
             return None
         for name in ("G", "D", "G_ema"):

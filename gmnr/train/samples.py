@@ -7,6 +7,21 @@ import torch
 from gmnr.render.camera import pose_to_cam2world
 
 GRID_SEED = 20231001  # fixed latents: grids of different steps and runs are comparable
+PREVIEW_TILE = 256  # smaller renders are shown upscaled (nearest, an integer factor) to at least this
+
+
+def preview_factor(size: int, target: int = PREVIEW_TILE) -> int:
+    """The integer factor that brings a ``size``-pixel render to at least ``target`` pixels (1 for
+    renders that size or larger): a 64 px demo image is a dot in MLflow's preview and an image viewer."""
+    return max(1, -(-target // max(1, int(size))))
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscale of [..., H, W, C] by an integer factor (every pixel a factor x factor
+    block: no interpolation adds or hides detail)."""
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=-3), factor, axis=-2)
 
 
 def grid_latents(n: int, z_dim: int, device: torch.device) -> torch.Tensor:
@@ -26,11 +41,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_grid(G, z: torch.Tensor, cameras: torch.Tensor, n_planes: int | None = None) -> np.ndarray:
-    """Rows = latents, columns = views: uint8 [L * R, V * R, 3]."""
+    """Rows = latents, columns = views: uint8 [L * R * k, V * R * k, 3], with each R-pixel render
+    upscaled by :func:`preview_factor` (k = 4 for the demo's 64 px; 1 from 256 px on)."""
     ws = G.mapping(z, None, truncation_psi=1.0, update_w_avg=False)
     views = cameras.shape[0]
     cams = cameras.repeat(z.shape[0], 1, 1)  # latent-major: each latent's V views together
     images = to_uint8(G.render(ws, cams, n_planes=n_planes, noise_mode="const")["image"])
     r = images.shape[1]
     rows = images.reshape(z.shape[0], views, r, r, 3)
-    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    return upscale(grid, preview_factor(r))
