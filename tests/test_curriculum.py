@@ -110,7 +110,9 @@ def test_two_stage_run_switches_and_resumes_into_the_second_stage(packed, monkey
     assert float(before["G"]["stage_fade"]) == 0.5  # so did the first: fade 2 steps, checkpoint after step 1
     from PIL import Image
     with Image.open(straight / "samples" / "final.png") as grid:
-        assert grid.size == (2 * 16, 16)
+        from gmnr.train.samples import preview_factor
+        k = preview_factor(16)  # previews are upscaled (nearest) to at least 256 px tiles
+        assert k == 16 and grid.size == (2 * 16 * k, 16 * k)  # 2 views of one latent at the last stage's 16 px
 
     from mlflow.tracking import MlflowClient
     run_id = torch.load(straight / "final.pt", weights_only=True)["mlflow_run_id"]
