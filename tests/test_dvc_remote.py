@@ -44,8 +44,11 @@ def measured(report: dict) -> dict:
 
 
 def _files(root: Path, rel: str) -> dict[str, bytes]:
+    """The data files of an output: not Snakemake's empty `.snakemake_timestamp` marker, which
+    .dvcignore keeps out of DVC's hashes (and so out of the remote)."""
+    from gmnr.staging import ENGINE_FILES
     path = root / rel
-    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in ENGINE_FILES)
     return {str(p.relative_to(root)): p.read_bytes() for p in paths}
 
 
