@@ -36,8 +36,8 @@ def test_ablation_labels_hold_every_setting_that_differs_from_params_yaml():
     assert labels["data_variant"] == "default"
     assert run_labels(load_params(overrides=["model=gmnr", "evaluate.vdr=sampled"]), reference)["ablation"] == \
         "evaluate.vdr=sampled"
-    # a value equal to params.yaml's (the demo's 200 steps) is no difference; execution settings never are
-    assert run_labels(load_params(overrides=["model=gmpi", "train.steps=200", "train.threads=1"]), reference) == \
+    # a value equal to params.yaml's (the demo's 100 steps) is no difference; execution settings never are
+    assert run_labels(load_params(overrides=["model=gmpi", "train.steps=100", "train.threads=1"]), reference) == \
         {"ablation": "default", "data_variant": "default", "run": "gmpi"}
     data = run_labels(load_params(overrides=["model=gmpi", "synth.count=50"]), reference)
     assert (data["ablation"], data["data_variant"]) == ("default", "synth.count=50")
