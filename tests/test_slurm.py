@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from gmnr import config
 from tests.conftest import ROOT, env_with_venv, use_small_demo
 from tests.test_dvc_remote import measured
 from tests.slurm_cluster import ACCOUNTS, SlurmCluster, missing_requirements
@@ -100,6 +101,19 @@ def _expected_jobs(root) -> dict[str, dict]:
     one rule per stage, one per item of a foreach stage."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    # A `${section.key}` in meta is the run's value: params.yaml with the demo section applied.
+    resolved = config.load_params(root / "params.yaml").model_dump(mode="json")
+
+    def value(v):
+        if not isinstance(v, str):
+            return v
+        key = re.fullmatch(r"\$\{([\w.]+)\}", v)
+        assert key, f"meta value {v!r}: this test knows only plain ${{section.key}} references"
+        out = resolved
+        for part in key.group(1).split("."):
+            out = out[part]
+        return out
+
     expected = {}
     for name, stage in stages.items():
         if "foreach" in stage:
@@ -110,13 +124,10 @@ def _expected_jobs(root) -> dict[str, dict]:
             items, body = [None], stage
         meta = body.get("meta", {}).get("snakemake", {})
         resources = meta.get("resources", {})
-        gpu = resources.get("gpu", 0)
-        if isinstance(gpu, str):
-            assert gpu == "${train.gpus}", f"{name}: gpu resource {gpu!r} (this test knows only train.gpus)"
-            gpu = params["train"]["gpus"]
+        gpu = value(resources.get("gpu", 0))
         for item in items:  # Snakemake's rule names: '@' and every other character but [A-Za-z0-9_] -> '_'
             rule = re.sub(r"[^A-Za-z0-9_]", "_", name if item is None else f"{name}@{item}")
-            expected[rule] = {"cpu": int(meta.get("threads", 1)), "mem_mb": int(resources.get("mem_mb", 0)),
+            expected[rule] = {"cpu": int(value(meta.get("threads", 1))), "mem_mb": int(resources.get("mem_mb", 0)),
                               "gpu": int(gpu)}
     return expected
 
