@@ -1,0 +1,116 @@
+"""Does MVCGAN learn on the demo set, and after how many steps? Train it for a long run and measure FID
+(160 images, torch-fidelity protocol, as `gmnr evaluate` on the demo) at its initialisation and at every
+checkpoint; write the curve as JSON and a plot. The figures in README's MVCGAN paragraph come from this
+script.
+
+    python benchmarks/mvcgan_learning.py                                  # variant published-32, 2,000 steps
+    python benchmarks/mvcgan_learning.py --variant demo --steps 100 --every 50
+    python benchmarks/mvcgan_learning.py --steps 4000 --every 500 --threads 1
+
+Needs the packed demo set (``snakemake --cores all pack``). Trains into
+``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own: nothing of the pipeline's is touched;
+a killed run resumes from its last checkpoint when the command is repeated), writes
+``benchmarks/results/mvcgan_learning-<variant>-<steps>.{json,png}``. The sample grids training writes every
+``--every`` steps are in the run folder's ``samples/``; the final generator's videos, depth videos and grid
+(``gmnr render``) in its ``render/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# The published FFHQ curriculum (curriculums.FFHQ, stage 1: 64 px output, 64 x 64 rays, batch 56, lr G 6e-5,
+# lr D 2e-4, pose weight 15) at the demo's sizes: 32 px output from 16 x 16 rays, batch 8, one stage, the
+# published annealing lengths (density noise 5,000 steps, top-k every 2,000). Only the sizes change.
+PUBLISHED_32 = ("[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 8, lr_g: 6.0e-5, lr_d: 2.0e-4,"
+                " pose_weight: 15.0}]")
+VARIANTS = {  # name -> overrides on top of the demo section
+    "published-32": [f"mvcgan.curriculum={PUBLISHED_32}", "mvcgan.density_noise_steps=5000",
+                     "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
+    "demo": [],
+}
+
+
+def plot(curve: list[tuple[int, float]], init: float, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([s for s, _ in curve], [f for _, f in curve], marker="o", label="G_ema at checkpoint")
+    ax.axhline(init, color="grey", linestyle="--", label=f"initialisation ({init:.1f})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FID (160 images, lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    import torch
+
+    from demo_recipe import fid
+    from gmnr.config import load_params
+    from gmnr.eval.evaluate import _load
+    from gmnr.models.factory import load_generator
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="published-32", choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=250, help="checkpoint (and FID) every N steps")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.steps < 1 or args.every < 1:
+        raise SystemExit("--steps and --every must be positive")
+    torch.set_num_threads(args.threads)
+    name = f"mvcgan-{args.variant}-{args.steps}"
+    out = ROOT / "runs" / "demo" / "learning" / name
+    overrides = ["model=mvcgan", f"train.steps={args.steps}", f"train.checkpoint_every={args.every}",
+                 f"train.sample_every={args.every}", f"train.keep_last={args.steps // args.every + 1}",
+                 f"train.threads={args.threads}", *VARIANTS[args.variant]]
+    cmd = [sys.executable, "-m", "gmnr", "train", "--no-progress", "--output", str(out)]
+    for o in overrides:
+        cmd += ["-S", o]
+    start = time.time()
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: training failed (exit {done.returncode})")
+    train_s = time.time() - start
+
+    params = load_params(ROOT / "params.yaml", overrides)
+    G, *_ = _load(params, out / "final.pt", "init", torch.device("cpu"))  # the trainer's seeded start
+    init = round(fid(G, params), 2)
+    curve = []
+    for ckpt in sorted((out / "checkpoints").glob("step-*.pt")):
+        G, ckpt_params, state = load_generator(ckpt)
+        curve.append((int(state["step"]), round(fid(G, ckpt_params), 2)))
+        print(f"step {curve[-1][0]}: FID {curve[-1][1]}", flush=True)
+    result = {"variant": args.variant, "overrides": overrides, "train_seconds": round(train_s, 1),
+              "threads": args.threads, "fid_init": init, "fid_by_step": dict(curve),
+              "best": min(curve, key=lambda c: c[1]) if curve else None}
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"mvcgan_learning-{args.variant}-{args.steps}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(curve, init, f"MVCGAN on the demo set, variant {args.variant}",
+         results / f"mvcgan_learning-{args.variant}-{args.steps}.png")
+    # Videos, depth videos and a seeds x views grid of the final generator, as the pipeline's render stage.
+    render = [sys.executable, "-m", "gmnr", "render", "--no-progress", "--checkpoint", str(out / "final.pt"),
+              "--output", str(out / "render"), "--reports", str(out / "render-report")]
+    for o in overrides:
+        render += ["-S", o]
+    if subprocess.run(render, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"{name}: render failed")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
