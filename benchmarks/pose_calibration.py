@@ -13,7 +13,8 @@ finds the 5 keypoints; then this script fits the estimator with several variants
 per angle, the line ``estimated = slope * true + offset`` (degrees, over the whole pose range)
 and the median absolute error:
 
-* ``true landmarks``: the projected true landmarks (is the estimator itself unbiased?);
+* ``true landmarks``: the projected true landmarks (is the estimator itself unbiased?), and the
+  same with MTCNN's nose, eyes or mouth corners swapped in (whose bias is it?);
 * ``main``: what the pose stage did before calibration (MTCNN's array-index pixel coordinates
   taken as the camera's, no correction);
 * ``pixel convention``: keypoints moved by half a pixel into the intrinsics' convention;
@@ -190,8 +191,16 @@ def main() -> None:
     gt = truth.set_index("file").loc[true_table.file]
     true_table[KEYPOINT_COLUMNS] = gt[KEYPOINT_COLUMNS].to_numpy() - pose.MTCNN_TO_CAMERA_PIXELS
     true_table["status"] = "ok"
+    def true_but(names):  # the true landmarks with some of MTCNN's points swapped in: whose bias is it?
+        mixed = true_table[true_table.file.isin(table.file[table.status == "ok"])].copy()
+        cols = [f"{n}_{a}" for n in names for a in "xy"]
+        mixed[cols] = table.set_index("file").loc[mixed.file, cols].to_numpy()
+        return estimate(mixed, camera, params)
     variants = {
         "true landmarks": estimate(true_table, camera, params),
+        "true, MTCNN's nose": true_but(["nose"]),
+        "true, MTCNN's eyes": true_but(["left_eye", "right_eye"]),
+        "true, MTCNN's mouth": true_but(["mouth_left", "mouth_right"]),
         "main (before)": estimate(table, camera, params, pixel_shift=-pose.MTCNN_TO_CAMERA_PIXELS),
         "pixel convention": estimate(table, camera, params),
         "rigid MTCNN layout": estimate(table, camera, params, layout=layout),

@@ -149,8 +149,8 @@ class PoseCalibration(Strict):
     """The builtin estimator's measured response to MTCNN's keypoints (estimated = slope * true +
     offset), undone per angle; measured by benchmarks/pose_calibration.py on synthetic heads of a
     seed the demo does not use. {slope: 1, offset_deg: 0} turns a correction off."""
-    yaw: AngleCalibration = AngleCalibration()
-    pitch: AngleCalibration = AngleCalibration()
+    yaw: AngleCalibration = AngleCalibration(slope=1.1541, offset_deg=0.172)
+    pitch: AngleCalibration = AngleCalibration(slope=0.7330, offset_deg=-1.734)
 
 
 class Pose(Strict):

@@ -2,7 +2,8 @@
 
 * ``builtin`` (offline): the 5 MTCNN landmarks against the mean 3D face layout
   (:mod:`gmnr.data.face_layout`), fitted with the dataset camera's intrinsics for the
-  look-at camera of GMPI's model (see :func:`fit_pose`).
+  look-at camera of GMPI's model (see :func:`fit_pose`), with MTCNN's measured angle response
+  undone per angle (params ``pose.calibration``; why: :func:`builtin_poses`).
 * ``deep3dfacerecon``: runs the GMPI fork of Deep3DFaceRecon on the images and their keypoint
   files and converts its face rotation into our camera convention.
 
@@ -145,16 +146,22 @@ def builtin_poses(landmarks: pd.DataFrame, camera: CameraModel, max_reprojection
     """PnP pose for every ``ok`` row of a landmarks table (MTCNN's keypoints, as the landmarks stage
     writes them); other rows keep their status.
 
-    ``calibration`` undoes MTCNN's measured angle response (params ``pose.calibration``). Why one is
-    needed: with the projected *true* landmarks this estimator is unbiased on the demo (fitted
-    slope 0.996 yaw, 0.98 pitch), but MTCNN's keypoints on a face are not the anatomical points of
-    the layout: its landmark regressor pulls them towards a frontal configuration. Its nose point
-    follows only about 60 % of the nose tip's vertical parallax and sits higher (pitch alone:
-    slope 0.77, offset -2.6 deg), and its eye spacing follows little of the eyes' foreshortening
-    (yaw 1.07). That response is not a rigid 3D point set: the best 3D layout of MTCNN's points,
-    triangulated through known cameras, still gives pitch slope 0.72; so the response is
-    measured and undone per angle (benchmarks/pose_calibration.py, on synthetic heads rendered
-    with a seed the demo does not use)."""
+    ``calibration`` undoes MTCNN's measured angle response (params ``pose.calibration``).
+
+    What biased the labels (benchmarks/pose_calibration.py; docs/benchmarks.md, "Pose estimator
+    calibration"): not the fit, the layout, its prior or the camera model. Fed the projected
+    *true* landmarks, this estimator is unbiased on the demo (slope 0.996 yaw, 0.98 pitch). The
+    bias is MTCNN's: its keypoints do not move with pose as the anatomical points do. Its nose
+    point above all: swapped alone into the true landmarks it gives pitch slope 0.77 and offset
+    -2.6 deg (it follows the nose tip's vertical movement with pitch only in part, and sits
+    higher); its eyes give yaw 1.07, pitch 0.90; its mouth corners little. All of MTCNN's points:
+    yaw slope 1.17, pitch 0.68, pitch offset -2.2 deg. The response is not that of any rigid 3D
+    point set: the 3D layout of MTCNN's points that best explains them through known cameras
+    (triangulated on other heads) still gives pitch slope 0.73. So it is measured per angle, as
+    the line estimated = slope * true + offset, on synthetic heads of seeds the demo does not use,
+    and undone here. One more, smaller cause is fixed too: MTCNN's coordinates put pixel i's
+    centre at i, the intrinsics at i + 0.5 (:data:`MTCNN_TO_CAMERA_PIXELS`; 0.4 deg of offset).
+    """
     from tqdm import tqdm
 
     from gmnr.preprocess.landmarks import keypoints_array
