@@ -140,12 +140,26 @@ class Landmarks(Strict):
     export_txt: bool = True
 
 
+class AngleCalibration(Strict):
+    slope: Annotated[float, Field(gt=0.2, lt=5.0, description="fitted estimated-vs-true slope")] = 1.0
+    offset_deg: Annotated[float, Field(ge=-20.0, le=20.0, description="fitted offset, degrees")] = 0.0
+
+
+class PoseCalibration(Strict):
+    """The builtin estimator's measured response to MTCNN's keypoints (estimated = slope * true +
+    offset), undone per angle; measured by benchmarks/pose_calibration.py on synthetic heads of a
+    seed the demo does not use. {slope: 1, offset_deg: 0} turns a correction off."""
+    yaw: AngleCalibration = AngleCalibration(slope=1.1541, offset_deg=0.172)
+    pitch: AngleCalibration = AngleCalibration(slope=0.7330, offset_deg=-1.734)
+
+
 class Pose(Strict):
     backend: Literal["builtin", "deep3dfacerecon"] = "builtin"
     deep3dfacerecon_root: str | None = None
     max_reprojection_iod: PositiveFloat = 0.08
     shift_sigma_iod: PositiveFloat = 0.05
     keypoint_sigma_iod: PositiveFloat = 0.04
+    calibration: PoseCalibration = Field(PoseCalibration(), description="builtin only: MTCNN's angle response, undone")
 
 
 class Pack(Strict):

@@ -157,9 +157,12 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     with stage_run("pose", params, ("pose", "cameras", "images")) as run:
         with staged:
             if params.pose.backend == "builtin":
+                cal = params.pose.calibration
                 poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod,
                                            params.pose.shift_sigma_iod, params.pose.keypoint_sigma_iod,
-                                           progress=progress)
+                                           progress=progress,
+                                           calibration={a: pose.AngleCalibration(**getattr(cal, a).model_dump())
+                                                        for a in ("yaw", "pitch")})
             else:  # Deep3DFaceRecon's inputs go to scratch space inside the staging folder
                 poses = pose.deep3d_poses(params.pose.deep3dfacerecon_root, image_dir, table, camera,
                                           staged.work_dir, policy=ImagePolicy.from_params(params))
