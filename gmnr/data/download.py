@@ -704,6 +704,10 @@ def _sources_from_user(entry: DatasetEntry, from_dir: Path) -> _Sources:
         log.warning("%s: using archives %s that the registry does not name; they cannot be "
                     "checked against a published checksum", entry.name, [p.name for p in others])
         return _Sources(others, [], [_archive_record(p, None) for p in others], "from_dir")
+    if not entry.archives:  # a custom folder: any archive or image would have done
+        raise FileNotFoundError(f"--from {from_dir}: no images (png/jpg/jpeg/webp, searched recursively; hidden "
+                                f"folders skipped) and no archive ({', '.join(sorted(ARCHIVE_SUFFIXES))}) found "
+                                f"for dataset {entry.name}; nothing written")
     expected = ", ".join(r.filename for r in entry.archives) or "no fixed archive name"
     raise FileNotFoundError(f"--from {from_dir}: holds neither the archive(s) of {entry.name} "
                             f"({expected}) nor any png/jpg/jpeg/webp images{_subset_hint(entry)}")
