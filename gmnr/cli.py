@@ -58,16 +58,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="FFHQ's crop of every face from its 5 landmarks (align.mode ffhq), or pass through (off)")
     p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
     p.add_argument("--landmarks", type=Path, help="default: <paths.interim>/<dataset>/landmarks.csv")
-    p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>/aligned")
+    p.add_argument("--output", type=Path, help="default: <paths.aligned>/<dataset>")
 
     p = sub.add_parser("pose", parents=[common], help="head pose per image (builtin PnP or Deep3DFaceRecon)")
-    p.add_argument("--input", type=Path, help="aligned images (default: <paths.interim>/<dataset>/aligned)")
+    p.add_argument("--input", type=Path, help="aligned images (default: <paths.aligned>/<dataset>)")
     p.add_argument("--landmarks", type=Path, help="default: <input>/landmarks.csv (the align stage's folder holds "
-                                                  "both; <paths.interim>/<dataset>/aligned)")
+                                                  "both)")
     p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>")
 
     p = sub.add_parser("pack", parents=[common], help="training images + dataset.json camera labels")
-    p.add_argument("--input", type=Path, help="aligned images (default: <paths.interim>/<dataset>/aligned)")
+    p.add_argument("--input", type=Path, help="aligned images (default: <paths.aligned>/<dataset>)")
     p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
     p.add_argument("--output", type=Path, help="default: <paths.processed>/<dataset>")
     run_options = argparse.ArgumentParser(add_help=False)

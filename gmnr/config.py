@@ -73,6 +73,7 @@ class Strict(BaseModel):
 class Paths(Strict):
     raw: str = "data/raw"
     interim: str = "data/interim"
+    aligned: str = "data/aligned"  # the align stage: FFHQ crops (or the images passed through) + their landmarks
     processed: str = "data/processed"
     downloads: str = "data/downloads"
     reports: str = "reports"

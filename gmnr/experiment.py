@@ -234,8 +234,9 @@ class Layout:
         return Path(self.params.paths.interim) / self.dataset_name(stage)
 
     def aligned_dir(self) -> Path:
-        """The align stage's folder (images/, landmarks.csv): what pose and pack read."""
-        return self.interim_dir("align") / "aligned"
+        """The align stage's folder (images/, landmarks.csv): what pose and pack read. Not inside the
+        interim folder: pose writes there, and an output folder holding a stage's input is refused."""
+        return Path(self.params.paths.aligned) / self.dataset_name("align")
 
     def processed_dir(self) -> Path:
         return Path(self.params.paths.processed) / self.dataset_name("pack")

@@ -71,8 +71,8 @@ def test_two_custom_folders_never_share_a_path_and_the_demo_keeps_its_own():
     assert all("/holiday" in p for p in outs(a)), outs(a)
     assert all("/wedding" in p for p in outs(b)) and all("/mine" in p for p in outs(c))
     assert not outs(a) & outs(b) and not outs(a) & outs(c) and not outs(a) & outs(demo)
-    assert "data/interim/holiday/aligned" in a["align"].outs and "reports/holiday/align.json" in a["align"].metrics
-    assert a["pose"].deps[-1] == "data/interim/holiday/aligned"  # pose reads the aligned crops
+    assert "data/aligned/holiday" in a["align"].outs and "reports/holiday/align.json" in a["align"].metrics
+    assert a["pose"].deps[-1] == "data/aligned/holiday"  # pose reads the aligned crops
     assert "-S download.from_dir=/photos/holiday" in a["train@gmpi"].command(
         ["dataset=custom", "download.from_dir=/photos/holiday"])  # every stage finds the name again
 
@@ -91,7 +91,7 @@ def test_dvc_yaml_templating_runs_a_custom_dataset(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     listed = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
-    assert "data/interim/custom/aligned" in listed["align"] and "reports/custom/align.json" in listed["align"]
+    assert "data/aligned/custom" in listed["align"] and "reports/custom/align.json" in listed["align"]
     assert "data/processed/custom" in listed["pack"] and "runs/custom/gmpi/final.pt" in listed["train@gmpi"]
     resolved = config.resolve(params)
     stages = load_stages(root / "dvc.yaml", resolved.model_dump(mode="json"))
@@ -195,7 +195,8 @@ def test_one_command_from_a_folder_of_photos_to_a_row_of_its_own(demo_project, t
     truth = make_heads(tmp_path / "heads", 12, 128, seed=5)
     paste_in_the_wild(tmp_path / "heads", truth, tmp_path / "My Photos", seed=2)
     (tmp_path / "My Photos" / "images" / "notes.txt").write_text("not a photo")  # ignored: not an image
-    demo_files = ("data/raw/demo", "data/interim/demo", "data/processed/demo", "reports/demo", "runs/demo")
+    demo_files = ("data/raw/demo", "data/interim/demo", "data/aligned/demo", "data/processed/demo", "reports/demo",
+                  "runs/demo")
     before, demo_rows = _digests(root, *demo_files), [r for r in _rows(root) if r.startswith("| demo ")]
     assert demo_rows and any(p.startswith("reports/demo/") for p in before)
 
@@ -215,7 +216,7 @@ def test_one_command_from_a_folder_of_photos_to_a_row_of_its_own(demo_project, t
     assert source["dataset"] == name and source["copied"] == 12
     assert align["mode"] == "ffhq" and align["aligned"] >= 10, align
     assert pack["images_packed"] >= 9 and pack["resolution"] == 64
-    assert (root / "data" / "interim" / name / "aligned" / "landmarks.csv").is_file()
+    assert (root / "data" / "aligned" / name / "landmarks.csv").is_file()
     assert list((root / "runs" / name).glob("gmpi*/final.pt"))
     rows = _rows(root)
     assert any(r.startswith(f"| {name} | gmpi |") for r in rows), rows
