@@ -278,6 +278,7 @@ def summarize(table: pd.DataFrame, mode: str, seconds: float) -> dict:
         "face_too_small": int(counts.get("face_too_small", 0)),
         "cut_by_border": int(counts.get("cut_by_border", 0)),
         "excluded_upstream": int((~table.status.isin(["ok", *SKIP_STATUSES])).sum()),
-        "eye_to_mouth_px_median": float(done.eye_to_mouth_px.median()) if done.eye_to_mouth_px.notna().any() else 0.0,
+        # null when nothing was cropped (mode off): the photos were not measured
+        "eye_to_mouth_px_median": float(done.eye_to_mouth_px.median()) if done.eye_to_mouth_px.notna().any() else None,
         "seconds": seconds,
     }
