@@ -207,19 +207,24 @@ def test_one_command_from_a_folder_of_photos_to_a_row_of_its_own(demo_project, t
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     name = "my-photos"
-    source = json.loads((root / "reports" / name / "source.json").read_text())
-    align = json.loads((root / "reports" / name / "align.json").read_text())
-    pose = json.loads((root / "reports" / name / "pose.json").read_text())
-    pack = json.loads((root / "reports" / name / "pack.json").read_text())
+    # the folder's name heads every path; the small sizes given with --config are what this run differs in
+    # from params.yaml, so the stages from align on add them (gmnr.experiment): my-photos+align.resolution=64
+    reports = {p.stem: json.loads(p.read_text()) for p in sorted((root / "reports").glob(f"{name}*/*.json"))}
+    source, align, pose, pack = (reports[s] for s in ("source", "align", "pose", "pack"))
     print(f"\none command on 12 photos: {seconds:.1f} s; aligned {align['aligned']}/{align['images_total']}, "
           f"poses {pose['poses_ok']}, packed {pack['images_packed']}")
     assert source["dataset"] == name and source["copied"] == 12
+    assert (root / "reports" / name / "source.json").is_file() and (root / "data" / "raw" / name).is_dir()
     assert align["mode"] == "ffhq" and align["aligned"] >= 10, align
     assert pack["images_packed"] >= 9 and pack["resolution"] == 64
-    assert (root / "data" / "aligned" / name / "landmarks.csv").is_file()
-    assert list((root / "runs" / name).glob("gmpi*/final.pt"))
+    assert list((root / "data" / "aligned").glob(f"{name}*/landmarks.csv"))
+    assert list((root / "runs").glob(f"{name}*/gmpi*/final.pt"))
+    folders = {p.name for top in ("data/raw", "data/interim", "data/aligned", "data/processed", "reports", "runs")
+               for p in (root / top).glob("*")}
+    assert all(f == "demo" or f.split("+")[0] == name for f in folders), folders  # nothing named `custom`
     rows = _rows(root)
-    assert any(r.startswith(f"| {name} | gmpi |") for r in rows), rows
+    ours = [r for r in rows if r.split("|")[1].strip().split("+")[0] == name]
+    assert len(ours) == 1 and ours[0].split("|")[2].strip() == "gmpi", rows
     # the demo: every file and every row as they were
     assert _digests(root, *demo_files) == before
     assert [r for r in rows if r.startswith("| demo ")] == demo_rows
