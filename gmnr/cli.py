@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("source", parents=[common],
                        help="the pipeline's first stage: `synth` for dataset=demo, else `download`")
     p.add_argument("--output", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+    p.add_argument("--downloads", type=Path, help="archive cache (default: <paths.downloads>)")
+    p.add_argument("--from", dest="from_dir",
+                   help="use archives/images you already have in this folder (or this archive); with "
+                        "-S dataset=custom, any folder or archive of photos")
 
     p = sub.add_parser("synth", parents=[common], help="render the procedural demo dataset")
     p.add_argument("--output", type=Path, help="default: <paths.raw>/demo")
@@ -50,13 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
     p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>")
 
-    p = sub.add_parser("pose", parents=[common], help="head pose per image (builtin PnP or Deep3DFaceRecon)")
+    p = sub.add_parser("align", parents=[common],
+                       help="FFHQ's crop of every face from its 5 landmarks (align.mode ffhq), or pass through (off)")
     p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
     p.add_argument("--landmarks", type=Path, help="default: <paths.interim>/<dataset>/landmarks.csv")
+    p.add_argument("--output", type=Path, help="default: <paths.aligned>/<dataset>")
+
+    p = sub.add_parser("pose", parents=[common], help="head pose per image (builtin PnP or Deep3DFaceRecon)")
+    p.add_argument("--input", type=Path, help="aligned images (default: <paths.aligned>/<dataset>)")
+    p.add_argument("--landmarks", type=Path, help="default: <input>/landmarks.csv (the align stage's folder holds "
+                                                  "both)")
     p.add_argument("--output", type=Path, help="default: <paths.interim>/<dataset>")
 
     p = sub.add_parser("pack", parents=[common], help="training images + dataset.json camera labels")
-    p.add_argument("--input", type=Path, help="raw dataset folder (default: <paths.raw>/<dataset>)")
+    p.add_argument("--input", type=Path, help="aligned images (default: <paths.aligned>/<dataset>)")
     p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
     p.add_argument("--output", type=Path, help="default: <paths.processed>/<dataset>")
     run_options = argparse.ArgumentParser(add_help=False)
@@ -111,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> dict | None:
     ablation = getattr(args, "ablation", None)
     data, source = read_params_file(args.params)
+    if getattr(args, "from_dir", None):  # as -S download.from_dir: a custom dataset is named after it
+        args.overrides = [*args.overrides, f"download.from_dir={json.dumps(str(args.from_dir))}"]
     params = resolve(data, args.overrides, source, ablation)
     progress = not args.no_progress
     from gmnr import stages
@@ -126,10 +139,11 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
     layout = layout_for(params, data, args.overrides, source, ablation)
     stage = {"synth": "source", "download": "source"}.get(args.command, args.command)
     args.stage, args.resolved = stage, params
-    if stage in ("source", "landmarks", "pose", "pack", "train", "render", "evaluate"):
+    from gmnr.experiment import DATA_STAGES, MODEL_STAGES
+    if stage in DATA_STAGES + MODEL_STAGES:
         from gmnr.tracking import set_run_context
         set_run_context(layout.labels(stage))
-    reports = args.reports or layout.reports_dir(stage if stage in ("source", "landmarks", "pose", "pack") else "pack")
+    reports = args.reports or layout.reports_dir(stage if stage in DATA_STAGES else "pack")
     if args.command in ("source", "synth", "download"):
         output = args.output or layout.raw_dir()
         if args.command == "synth" or (args.command == "source" and params.dataset == "demo"):
@@ -171,12 +185,18 @@ def _dispatch(args: argparse.Namespace) -> dict | None:
     if args.command == "render":
         return stages.run_render_staged(params, args.checkpoint or layout.run_dir() / "final.pt",
                                         args.output or layout.render_dir(), progress)
-    image_dir = args.input or layout.raw_dir()
     if args.command == "landmarks":
-        return stages.run_landmarks(params, image_dir, args.output or layout.interim_dir("landmarks"), reports,
-                                    progress)
-    if args.command == "pose":
+        return stages.run_landmarks(params, args.input or layout.raw_dir(),
+                                    args.output or layout.interim_dir("landmarks"), reports, progress)
+    if args.command == "align":
         landmarks = args.landmarks or layout.interim_dir("landmarks") / "landmarks.csv"
+        return stages.run_align(params, args.input or layout.raw_dir(), landmarks, args.output or layout.aligned_dir(),
+                                reports, progress)
+    # pose and pack read the align stage's folder: its images and the landmarks carried into them
+    image_dir = args.input or layout.aligned_dir()
+    if args.command == "pose":
+        # the align stage's folder holds both: --input alone means its landmarks too
+        landmarks = args.landmarks or image_dir / "landmarks.csv"
         return stages.run_pose(params, image_dir, landmarks, args.output or layout.interim_dir("pose"), reports,
                                progress)
     if args.command == "pack":

@@ -18,13 +18,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
-DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2"]
+# custom: a folder (or archive) of the user's own photos (download.from_dir), named by custom_name
+DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2", "custom"]
 ModelName = Literal["gmpi", "gmnr", "mvcgan", "stylegan2"]  # stylegan2: the 2D backbone alone (pretraining)
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 # A named ablation: part of folder, stage and rule names (runs/<dataset>/<model>+<name>, ablation-train@<name>)
 AblationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
+# A custom dataset's name: a folder name under every data/, reports/ and runs/ path and the MLflow dataset tag,
+# so lower case (two names must not meet on a case-insensitive file system), no dots, slashes or spaces
+CUSTOM_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+CustomName = Annotated[str, Field(pattern=CUSTOM_NAME_PATTERN)]
+# A custom folder's training resolution while pack.resolution is null: FFHQ-256, GMPI's and GMNR's main setting
+CUSTOM_RESOLUTION = 256
 ABLATION_SECTIONS = ("gmpi", "gmnr", "mvcgan", "train", "render", "evaluate")  # what a named ablation may set
 DEMO_SECTIONS = ("pack", "gmpi", "gmnr", "mvcgan", "train", "evaluate")
 
@@ -66,6 +73,7 @@ class Strict(BaseModel):
 class Paths(Strict):
     raw: str = "data/raw"
     interim: str = "data/interim"
+    aligned: str = "data/aligned"  # the align stage: FFHQ crops (or the images passed through) + their landmarks
     processed: str = "data/processed"
     downloads: str = "data/downloads"
     reports: str = "reports"
@@ -140,6 +148,30 @@ class Landmarks(Strict):
     export_txt: bool = True
 
 
+class Align(Strict):
+    """FFHQ-style alignment of in-the-wild photos (gmnr/preprocess/align.py: FFHQ's recreate_aligned_images)."""
+    mode: Literal["auto", "ffhq", "off"] = Field(
+        "auto", description="ffhq: crop every face as FFHQ does; off: pass the images through (already aligned); "
+                            "auto: off for the registry's datasets and the demo (all aligned), ffhq for custom")
+    resolution: Annotated[int, Field(ge=16, le=4096)] | None = Field(
+        None, description="side of the aligned crops in pixels; null = the dataset's resolution (custom: 256); pack "
+                          "resizes them to the training resolution")
+    min_eye_to_mouth_px: PositiveFloat = Field(
+        10.0, description="faces whose eye-to-mouth distance is smaller (pixels, in the photo) are skipped as "
+                          "face_too_small (an FFHQ crop puts it at about a quarter of the side)")
+    max_outside_fraction: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.25, description="faces whose crop square reaches further beyond the photo's border (fraction of its side) "
+                          "are skipped as cut_by_border: beyond that the reflected padding mirrors the face itself")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off_is_not_false(cls, data: Any) -> Any:
+        """YAML 1.1 (params.yaml, `-S`, `dvc exp run -S`) reads a bare `off` as false: that is the mode `off`."""
+        if isinstance(data, dict) and data.get("mode") is False:
+            return {**data, "mode": "off"}
+        return data
+
+
 class AngleCalibration(Strict):
     slope: Annotated[float, Field(gt=0.2, lt=5.0, description="fitted estimated-vs-true slope")] = 1.0
     offset_deg: Annotated[float, Field(ge=-20.0, le=20.0, description="fitted offset, degrees")] = 0.0
@@ -149,15 +181,15 @@ class PoseCalibration(Strict):
     """The builtin estimator's measured response to MTCNN's keypoints (estimated = slope * true +
     offset), undone per angle; measured by benchmarks/pose_calibration.py on synthetic heads of a
     seed the demo does not use. {slope: 1, offset_deg: 0} turns a correction off."""
-    yaw: AngleCalibration = AngleCalibration(slope=1.1541, offset_deg=0.172)
-    pitch: AngleCalibration = AngleCalibration(slope=0.7330, offset_deg=-1.734)
+    yaw: AngleCalibration = AngleCalibration(slope=1.1984, offset_deg=0.232)
+    pitch: AngleCalibration = AngleCalibration(slope=0.5015, offset_deg=-1.022)
 
 
 class Pose(Strict):
     backend: Literal["builtin", "deep3dfacerecon"] = "builtin"
     deep3dfacerecon_root: str | None = None
     max_reprojection_iod: PositiveFloat = 0.08
-    shift_sigma_iod: PositiveFloat = 0.05
+    shift_sigma_iod: PositiveFloat = 3.0  # free: see params.yaml
     keypoint_sigma_iod: PositiveFloat = 0.04
     calibration: PoseCalibration = Field(PoseCalibration(), description="builtin only: MTCNN's angle response, undone")
 
@@ -414,6 +446,9 @@ class Params(Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"each model may appear once (it names a pipeline stage), got {value}")
         return value
+    custom_name: CustomName | None = Field(
+        None, description="dataset custom: the name its folders (data/*/<name>, reports/<name>, runs/<name>), MLflow "
+                          "tag and table rows use; null = derived from download.from_dir's folder or archive name")
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = Field(
         0, description="every random draw derives from it; numpy's seeds stop at 2^32 - 1")
     paths: Paths = Paths()
@@ -422,6 +457,7 @@ class Params(Strict):
     synth: Synth = Synth()
     images: Images = Images()
     landmarks: Landmarks = Landmarks()
+    align: Align = Align()
     pose: Pose = Pose()
     pack: Pack = Pack()
     gmpi: GMPI = GMPI()
@@ -456,6 +492,16 @@ class Params(Strict):
             if bad:
                 raise ValueError(f"ablation '{name}': {bad[0]} must be a mapping of keys to values")
         return value
+
+    @model_validator(mode="after")
+    def _custom_name_for_custom(self):
+        if self.custom_name is not None and self.dataset != "custom":
+            raise ValueError(f"custom_name ({self.custom_name!r}) names a custom dataset, but dataset is "
+                             f"{self.dataset!r}: set dataset: custom, or custom_name: null")
+        if self.custom_name in reserved_dataset_names():
+            raise ValueError(f"custom_name {self.custom_name!r} is the name of a built-in dataset, whose folders it "
+                             f"would share: choose another name")
+        return self
 
     @model_validator(mode="after")
     def _all_camera_families(self):
@@ -505,8 +551,38 @@ class Params(Strict):
     def run_dir(self) -> Path:
         return Path(self.paths.runs) / self.dataset / self.model
 
-    def camera_family(self) -> str:
+    def dataset_name(self) -> str:
+        """The name a dataset's folders, MLflow tag and table rows use: the dataset itself, or for
+        ``custom`` its :attr:`custom_name` (default: derived from ``download.from_dir``)."""
+        if self.dataset != "custom":
+            return self.dataset
+        return self.custom_name or derive_custom_name(self.download.from_dir)
+
+    def align_mode(self) -> str:
+        """``align.mode`` with ``auto`` resolved: the registry's datasets and the demo are aligned already."""
+        if self.align.mode != "auto":
+            return self.align.mode
+        if self.dataset == "custom":
+            return "ffhq"
         if self.dataset == "demo":
+            return "off"  # rendered where FFHQ's crop puts a face (gmnr/data/face_layout.py)
+        from gmnr.data.registry import get_dataset
+        return "off" if get_dataset(self.dataset).aligned else "ffhq"
+
+    def aligned_resolution(self) -> int:
+        """Side of the aligned crops: ``align.resolution``, else the dataset's own (custom: 256), never
+        pack's (pack resizes the crops; the align stage does not read pack's params)."""
+        if self.align.resolution is not None:
+            return self.align.resolution
+        if self.dataset == "custom":
+            return CUSTOM_RESOLUTION
+        if self.dataset == "demo":
+            return self.synth.resolution
+        from gmnr.data.registry import get_dataset
+        return get_dataset(self.dataset).resolution
+
+    def camera_family(self) -> str:
+        if self.dataset in ("demo", "custom"):  # custom photos are aligned as FFHQ's (the align stage)
             return "ffhq"
         from gmnr.data.registry import get_dataset
         return get_dataset(self.dataset).camera_family
@@ -527,9 +603,35 @@ class Params(Strict):
             return self.pack.resolution
         if self.dataset == "demo":
             return self.synth.resolution
+        if self.dataset == "custom":
+            return CUSTOM_RESOLUTION
         from gmnr.data.registry import get_dataset
         entry = get_dataset(self.dataset)
         return entry.resize_to or entry.resolution
+
+
+def reserved_dataset_names() -> frozenset[str]:
+    """Names a custom dataset may not take: the built-in datasets' (their folders)."""
+    return frozenset(a for a in DatasetName.__args__ if a != "custom")
+
+
+def derive_custom_name(from_dir: str | None) -> str:
+    """A custom dataset's default name: its folder's (or archive's) name, lower-cased, with every
+    character a folder name or tag should not hold replaced by ``-`` (``~/Photos/Holiday 2024.zip``
+    -> ``holiday-2024``); ``custom`` without a folder; ``custom-<name>`` where the name is a
+    built-in dataset's."""
+    import re
+    if not from_dir:
+        return "custom"
+    name = Path(str(from_dir).rstrip("/\\")).name.lower()
+    for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")[:40].rstrip("-_")
+    if not name:
+        return "custom"
+    return f"custom-{name}"[:40] if name in reserved_dataset_names() else name
 
 
 def _format_error(err: dict) -> str:

@@ -31,11 +31,12 @@ from typing import Any
 from gmnr.config import PROJECT_ROOT, Params, flatten, parse_override, read_params_file, resolve
 
 DVC_YAML = PROJECT_ROOT / "dvc.yaml"
-DATA_STAGES = ("source", "landmarks", "pose", "pack")
+DATA_STAGES = ("source", "landmarks", "align", "pose", "pack")
 MODEL_STAGES = ("train", "render", "evaluate")
 # Never part of a name: they select what runs (dataset, model) and where (paths), or are folded into
 # the resolved values (demo, ablations).
-NOT_NAMING = ("dataset", "model", "models", "paths", "demo", "ablations")
+# custom_name is the dataset's own name (the folder itself, :meth:`Layout.dataset_name`), not a variant of it.
+NOT_NAMING = ("dataset", "custom_name", "model", "models", "paths", "demo", "ablations")
 # How a stage runs, not what it computes.
 EXECUTION_KEYS = frozenset({
     "train.gpus", "train.device", "train.threads", "train.amp", "train.checkpoint_every", "train.keep_last",
@@ -206,7 +207,17 @@ class Layout:
 
     # -- names ----------------------------------------------------------------------------------
     def dataset_name(self, stage: str = "pack") -> str:
-        return _join(self.params.dataset, slug(self.data_differences(stage)))
+        return _join(self._base_name(), slug(self.data_differences(stage)))
+
+    def _base_name(self) -> str:
+        """The dataset's folder name before any variant slug: the dataset; for a custom dataset whose
+        name (custom_name, or download.from_dir's folder) differs from params.yaml's own, that name, so
+        two folders of photos never share folders. params.yaml's own custom dataset keeps the folders
+        dvc.yaml names (``custom``): DVC interpolates dvc.yaml from params.yaml's values alone."""
+        if self.params.dataset == "custom" and (self.reference.dataset != "custom"
+                                                or self.params.dataset_name() != self.reference.dataset_name()):
+            return self.params.dataset_name()
+        return self.params.dataset
 
     def run_name(self) -> str:
         """``gmnr``, ``gmnr+vdr=false``, ``gmnr+<ablation name>``: the run folder's name."""
@@ -221,6 +232,11 @@ class Layout:
 
     def interim_dir(self, stage: str) -> Path:
         return Path(self.params.paths.interim) / self.dataset_name(stage)
+
+    def aligned_dir(self) -> Path:
+        """The align stage's folder (images/, landmarks.csv): what pose and pack read. Not inside the
+        interim folder: pose writes there, and an output folder holding a stage's input is refused."""
+        return Path(self.params.paths.aligned) / self.dataset_name("align")
 
     def processed_dir(self) -> Path:
         return Path(self.params.paths.processed) / self.dataset_name("pack")
@@ -241,6 +257,7 @@ class Layout:
         """The folders or files below which ``stage`` writes (the roots of its dvc.yaml outs)."""
         return {"source": lambda: [self.raw_dir(), self.reports_dir("source")],
                 "landmarks": lambda: [self.interim_dir("landmarks"), self.reports_dir("landmarks")],
+                "align": lambda: [self.aligned_dir(), self.reports_dir("align")],
                 "pose": lambda: [self.interim_dir("pose"), self.reports_dir("pose")],
                 "pack": lambda: [self.processed_dir(), self.reports_dir("pack")],
                 "train": lambda: [self.run_dir()],

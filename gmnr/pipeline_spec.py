@@ -72,9 +72,15 @@ def _interpolate_tree(value: Any, config: dict[str, Any]) -> Any:
     return value
 
 
+_FILE_SUFFIX = re.compile(r"^\.[A-Za-z][A-Za-z0-9]{0,7}$")
+
+
 def is_directory(path: str) -> bool:
-    """Our convention in dvc.yaml: an output without a file suffix is a folder."""
-    return Path(path).suffix == ""
+    """Our convention in dvc.yaml: an output without a file suffix is a folder. A run's own folder may
+    hold a dot in its name (``data/raw/demo+synth.count=50``, ``runs/demo/gmpi+lr_g=0.0001``: see
+    gmnr.experiment), so only a short extension that starts with a letter (``.json``, ``.pt``, ``.mp4``)
+    makes a file."""
+    return not _FILE_SUFFIX.match(Path(path).suffix)
 
 
 @dataclass(frozen=True)

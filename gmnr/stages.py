@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from gmnr.config import Params
+from gmnr.data.images import IMAGE_SUFFIXES
 from gmnr.io import read_csv, write_csv, write_json
 from gmnr.staging import StagedOutput
 from gmnr.tracking import stage_run
@@ -66,12 +67,19 @@ def run_download(params: Params, output: Path, reports: Path, downloads: Path, f
                  progress: bool = True) -> dict:
     from gmnr.data.download import prepare_dataset
     d = params.download
+    entry = params.dataset
+    if params.dataset == "custom":
+        from gmnr.data.registry import custom_entry
+        if not from_dir:
+            raise ValueError("dataset custom reads your own photos: set download.from_dir (or pass --from) to a "
+                             "folder or archive of them")
+        entry = custom_entry(params.dataset_name(), params.aligned_resolution())
     with stage_run("source", params, ("download", "images"), {"source": "download"}) as run:
-        summary = prepare_dataset(params.dataset, output, downloads, Path(from_dir) if from_dir else None,
+        summary = prepare_dataset(entry, output, downloads, Path(from_dir) if from_dir else None,
                                   progress=progress, retries=d.retries, timeout_s=d.timeout_s,
                                   max_pixels=params.images.max_pixels, max_extract_bytes=d.max_extract_bytes,
                                   max_extract_ratio=d.max_extract_ratio)
-        report = {"stage": "source", "source": "download", "dataset": params.dataset, **summary}
+        report = {"stage": "source", "source": "download", "dataset": params.dataset_name(), **summary}
         write_json(report, reports / "source.json")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.log_artifact(output / "manifest.json")
@@ -104,16 +112,23 @@ def _landmarks_legacy(out: Path) -> set[str] | None:
     return {"landmarks.csv", *(f"detections/{Path(f).with_suffix('.txt').as_posix()}" for f in ok)}
 
 
-def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, progress: bool = True) -> dict:
+def _photo_policy(params: Params):
+    """How the landmarks and align stages read a photo: whole when the align stage crops it as FFHQ
+    does (a centre square would cut the face of a portrait), else by ``images.non_square``."""
     from gmnr.data.images import ImagePolicy
+    policy = ImagePolicy.from_params(params)
+    return ImagePolicy(policy.max_pixels, "keep") if params.align_mode() == "ffhq" else policy
+
+
+def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, progress: bool = True) -> dict:
     from gmnr.preprocess import landmarks as lm
     settings = lm.DetectorSettings(params.landmarks.min_confidence, params.landmarks.min_face_size,
                                    params.landmarks.batch_size)
-    policy = ImagePolicy.from_params(params)
+    policy = _photo_policy(params)
     staged = StagedOutput(output, "landmarks", ["landmarks.csv", "detections"], inputs=[image_dir],
                           legacy=_landmarks_legacy)
     staged.preflight()  # before any work: overlap with the images, files landmarks did not write
-    from gmnr.data.images import IMAGE_SUFFIXES, list_images
+    from gmnr.data.images import list_images
     if not list_images(image_dir):  # an empty or mistyped --input fails here, before the detector loads
         raise FileNotFoundError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found under "
                                 f"{image_dir}: check --input")
@@ -121,8 +136,9 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, 
         start = time.perf_counter()
         table = lm.run_landmarks(image_dir, settings, progress=progress, policy=policy)
         seconds = time.perf_counter() - start
-        _require(int((table.status == "ok").sum()), f"no face found in any of the {len(table)} images of {image_dir}",
-                 table, "landmarks")
+        _require(int((table.status == "ok").sum()),
+                 f"no face found in any of the {len(table)} images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) "
+                 f"under {image_dir}; nothing written", table, "landmarks")
         with staged:  # landmarks.csv and detections/ are swapped in together
             write_csv(table, staged.path("landmarks.csv"), float_format="%.3f")
             renamed = 0
@@ -135,6 +151,59 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, 
         run.log_dict({"skipped": report["skipped"]}, "skipped.json")
         run.log_artifact(lm.draw_contact_sheet(image_dir, table, reports / "landmarks_sheet.png", policy=policy))
     return report
+
+
+ALIGN_ENTRIES = ("images", "landmarks.csv", "ground_truth.csv")
+
+
+def run_align(params: Params, image_dir: Path, landmarks_csv: Path, output: Path, reports: Path,
+              progress: bool = True) -> dict:
+    """FFHQ's crop of every face (``align.mode`` ffhq) or the images passed through (off) into
+    ``output``: ``images/`` and ``landmarks.csv`` (the landmarks carried through the crop), which
+    pose and pack read whatever the mode. The demo's ground truth travels with images that are not
+    cropped (a crop changes the roll it states)."""
+    from gmnr.preprocess import align
+    mode = params.align_mode()
+    staged = StagedOutput(output, "align", ALIGN_ENTRIES, inputs=[image_dir, landmarks_csv])
+    staged.preflight()
+    table = read_csv(landmarks_csv, "landmarks table (gmnr landmarks)")
+    _require(int((table.status == "ok").sum()),
+             f"{landmarks_csv} has no face to align (the landmarks stage found none in the images "
+             f"({', '.join('*' + s for s in IMAGE_SUFFIXES)}) under {image_dir}); nothing written", table, "align")
+    settings = align.AlignSettings(params.aligned_resolution(), params.align.min_eye_to_mouth_px,
+                                   params.align.max_outside_fraction)
+    with stage_run("align", params, ("align", "images"), {"align_mode": mode}) as run:
+        start = time.perf_counter()
+        with staged:
+            images = staged.path("images")
+            images.mkdir(parents=True)
+            if mode == "ffhq":
+                aligned = align.align_table(table, image_dir, images, settings, _photo_policy(params), progress)
+            else:
+                aligned = align.pass_through(table, image_dir, images)
+                truth = Path(image_dir) / "ground_truth.csv"
+                if truth.is_file():
+                    import shutil
+                    shutil.copy2(truth, staged.path("ground_truth.csv"))
+            _require(int((aligned.status == "ok").sum()),
+                     f"no face of {landmarks_csv} could be aligned ({len(aligned)} rows; images under {image_dir}); "
+                     f"nothing written", aligned, "align")
+            write_csv(aligned, staged.path("landmarks.csv"), float_format="%.3f")
+        summary = {**align.summarize(aligned, mode, time.perf_counter() - start),
+                   "resolution": settings.resolution if mode == "ffhq" else None}
+        report = {"stage": "align", **summary, "skipped": _skipped(aligned)}
+        write_json(report, reports / "align.json")
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.log_dict({"skipped": report["skipped"]}, "skipped.json")
+        if mode == "ffhq":
+            run.log_artifact(_aligned_sheet(output, aligned, reports / "align_sheet.png"))
+    return report
+
+
+def _aligned_sheet(output: Path, table, out_path: Path) -> Path:
+    """Aligned crops with their carried landmarks drawn (they must sit on the eyes, nose and mouth)."""
+    from gmnr.preprocess.landmarks import draw_contact_sheet
+    return draw_contact_sheet(output, table[table.status == "ok"], out_path)
 
 
 def _pose_legacy(out: Path) -> set[str] | None:

@@ -372,15 +372,18 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags:
     propagates unchanged).
     """
     dumped = params.model_dump(mode="json")
-    tags = {"stage": stage, "dataset": params.dataset, "git_commit": git_commit(),
+    # A custom dataset is tagged (and tabled) by its own name, so two folders of photos never share rows
+    tags = {"stage": stage, "dataset": params.dataset_name(), "git_commit": git_commit(),
             "params_hash": section_hash(params, *sections), "pipeline_id": pipeline_id(), "command": _command()}
     if stage in MODEL_STAGES:  # tags only where they apply: a data stage has no model
         tags["model"] = params.model
     tags.update({k: v for k, v in _CONTEXT.items() if stage in MODEL_STAGES or k == "data_variant"})
+    if params.dataset == "custom":
+        tags["dataset_kind"] = "custom"
     tags.update(extra_tags or {})
     run = _start(stage, tags, resume_run_id) if enabled else StageRun()
     if not resume_run_id:
-        run.log_params({"dataset": params.dataset, "seed": params.seed, **{s: dumped[s] for s in sections}})
+        run.log_params({"dataset": params.dataset_name(), "seed": params.seed, **{s: dumped[s] for s in sections}})
     started = time.perf_counter()
     status = "FAILED"
     try:

@@ -14,7 +14,7 @@ import pytest
 from gmnr import config, tracking
 from tests.mlflow_ui import INSTALL_HINT, artifacts_dir, check_mlflow_ui, find_chromium
 
-DATA_STAGES = ("source", "landmarks", "pose", "pack")
+DATA_STAGES = ("source", "landmarks", "align", "pose", "pack")
 STAGES = (*DATA_STAGES, "train", "render", "evaluate", "compare")
 METRIC = "fid"
 FIDS = {("gmpi", "default"): 42.125, ("gmnr", "default"): 40.5, ("gmnr", "vdr=false"): 41.75}

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import env_with_venv
 
 pytestmark = pytest.mark.slow
-DATA_STAGES = ("source", "landmarks", "pose", "pack")
+DATA_STAGES = ("source", "landmarks", "align", "pose", "pack")
 MODEL_STAGES = ("train", "render", "evaluate")  # one per model: train@gmpi, train@gmnr, ...
 STAGE_TAGS = (*DATA_STAGES, *MODEL_STAGES, "compare")  # the `stage` tag of MLflow runs
 

@@ -76,3 +76,14 @@ def test_foreach_over_a_mapping_names_stages_by_key_and_reads_item_fields(tmp_pa
         "train --ablation no-vdr", ["gmnr", "ablations.no-vdr"], ["runs/gmnr+no-vdr/final.pt"],
         "ablation_train_no_vdr")
     assert load_stages(tmp_path / "dvc.yaml", {"ablations": {}}) == {}
+
+
+def test_a_variant_folder_with_a_dot_in_its_name_is_a_folder():
+    """Snakemake's directory() flag follows is_directory: a --config run's folders carry dotted slugs."""
+    from gmnr.pipeline_spec import is_directory
+    for folder in ("data/raw/demo", "data/aligned/my-photos+align.resolution=64", "data/raw/demo+synth.count=50",
+                   "runs/demo/gmpi+lr_g=0.0001", "runs/demo/gmpi+h-1a2b3c4d5e", "runs/demo/gmpi/samples"):
+        assert is_directory(folder), folder
+    for file in ("reports/demo/align.json", "runs/demo/gmpi+lr_g=0.0001/final.pt", "results/table.md",
+                 "reports/demo+synth.count=50/evaluate/gmnr+vdr=false.json", "runs/x/render/sweep.mp4"):
+        assert not is_directory(file), file

@@ -627,7 +627,9 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
     names = flat_names([rel for _, rel in images])
     with staged:
         new = staged.staging / "new"
-        result = _materialise(images, names, new, entry.resize_to, entry.resolution, workers, progress,
+        # Photos that are not aligned yet come in any size: none is "unexpected" (the align stage crops them)
+        result = _materialise(images, names, new, entry.resize_to, entry.resolution if entry.aligned else None,
+                              workers, progress,
                               max_pixels or DEFAULT_MAX_PIXELS)
         if not result["copied"]:
             raise ValueError(f"{entry.name}: none of the {len(images)} images found could be read "
@@ -651,7 +653,7 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
         "images_dir": str(raw_dir / "images"),
         "manifest": str(manifest_path),
     }
-    if result["copied"] != entry.expected_count:
+    if entry.expected_count is not None and result["copied"] != entry.expected_count:
         warnings.warn(CountMismatchWarning(
             f"{entry.name}: prepared {result['copied']} images but the registry expects "
             f"{entry.expected_count} (found {len(images)}, skipped {len(result['corrupt'])} unreadable)"),
@@ -702,6 +704,10 @@ def _sources_from_user(entry: DatasetEntry, from_dir: Path) -> _Sources:
         log.warning("%s: using archives %s that the registry does not name; they cannot be "
                     "checked against a published checksum", entry.name, [p.name for p in others])
         return _Sources(others, [], [_archive_record(p, None) for p in others], "from_dir")
+    if not entry.archives:  # a custom folder: any archive or image would have done
+        raise FileNotFoundError(f"--from {from_dir}: no images (png/jpg/jpeg/webp, searched recursively; hidden "
+                                f"folders skipped) and no archive ({', '.join(sorted(ARCHIVE_SUFFIXES))}) found "
+                                f"for dataset {entry.name}; nothing written")
     expected = ", ".join(r.filename for r in entry.archives) or "no fixed archive name"
     raise FileNotFoundError(f"--from {from_dir}: holds neither the archive(s) of {entry.name} "
                             f"({expected}) nor any png/jpg/jpeg/webp images{_subset_hint(entry)}")
@@ -815,7 +821,7 @@ def flat_names(relpaths: list[PurePosixPath]) -> list[str]:
 
 
 def _materialise(images: list[tuple[Path, PurePosixPath]], names: list[str], out_root: Path,
-                 resize_to: int | None, resolution: int, workers: int | None,
+                 resize_to: int | None, resolution: int | None, workers: int | None,
                  progress: bool, max_pixels: int) -> dict:
     """Write the images into ``out_root/images`` (inside the stage's staging folder)."""
     out_dir = out_root / "images"
@@ -875,7 +881,7 @@ def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
         log.debug("unreadable image %s: %s", src, exc)
         return "corrupt"
     _link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
-    return "ok" if size == (resolution, resolution) else "unexpected_size"
+    return "ok" if resolution is None or size == (resolution, resolution) else "unexpected_size"
 
 
 def _save_resized(image: Image.Image, dest: Path, size: int) -> None:

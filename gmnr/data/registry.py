@@ -100,7 +100,7 @@ class DatasetEntry:
     source_urls: tuple[str, ...]
     licence: str
     archives: tuple[RemoteFile, ...]
-    expected_count: int
+    expected_count: int | None  # None: unknown (a custom folder)
     resolution: int
     camera_family: str
     direct_download: bool
@@ -110,12 +110,15 @@ class DatasetEntry:
     derive_from: str | None = None
     resize_to: int | None = None
     notes: str = ""
+    # Whether the images are face crops aligned already (FFHQ's, AFHQ's, MetFaces' own alignment):
+    # `align.mode: auto` passes them through, and crops a custom folder's photos (gmnr/preprocess/align.py).
+    aligned: bool = True
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
         if self.camera_family not in CAMERA_FAMILIES:
             raise ValueError(f"{where}: camera_family {self.camera_family!r} not in {CAMERA_FAMILIES}")
-        if self.expected_count <= 0 or self.resolution <= 0:
+        if (self.expected_count is not None and self.expected_count <= 0) or self.resolution <= 0:
             raise ValueError(f"{where}: expected_count and resolution must be positive, got "
                              f"{self.expected_count} and {self.resolution}")
         if not self.source_urls:
@@ -428,6 +431,24 @@ def _lookup(table: dict, name: str, kind: str):
     except KeyError:
         known = ", ".join(sorted(table))
         raise UnknownEntryError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+
+
+def custom_entry(name: str, resolution: int) -> DatasetEntry:
+    """The entry of a custom dataset (``dataset: custom``): the user's photos from
+    ``download.from_dir``, any size and count, not aligned (the align stage crops them as FFHQ)."""
+    return DatasetEntry(
+        name=name,
+        description=f"custom dataset {name!r}: the user's own photos, aligned by the align stage (FFHQ's crop)",
+        source_urls=("download.from_dir",),
+        licence="the user's own photos: their licence is the user's to check",
+        archives=(),
+        expected_count=None,
+        resolution=resolution,
+        camera_family="ffhq",
+        direct_download=False,
+        manual_instructions="point download.from_dir (or `gmnr source --from`) at a folder or archive of photos",
+        aligned=False,
+    )
 
 
 def get_dataset(name: str) -> DatasetEntry:

@@ -135,7 +135,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     device = torch.device("cuda" if e.device != "cpu" and torch.cuda.is_available() else "cpu")
     G, trained, state, weights = _load(params, checkpoint, baseline, device)
     trained = trained.model_copy(update={"evaluate": e})  # evaluation settings: today's params
-    run_dir = Path(params.paths.runs) / trained.dataset / trained.model
+    run_dir = Path(params.paths.runs) / trained.dataset_name() / trained.model
     output = output or run_dir / (f"metrics_{baseline}.json" if baseline else "metrics.json")
     cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
     ctx = EvalContext(resolution=trained.training_resolution(), fov_deg=cam.fov_deg, radius=cam.radius,
@@ -147,7 +147,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     if baseline:
         ablation = baseline if ablation == "default" else f"{ablation},{baseline}"
     geometry = GeometryRenders(e.geometry_images, e.detect_size, e.min_face_confidence)
-    cache = Path(params.paths.runs) / trained.dataset / ".cache" if e.cache_real_features else None
+    cache = Path(params.paths.runs) / trained.dataset_name() / ".cache" if e.cache_real_features else None
     metrics_objects = [
         Speed(e.speed_frames, e.speed_warmup),
         FIDKID(real_dir, e.fid_images, e.fid_real_max, e.kid_subsets, e.kid_subset_size, cache,
@@ -160,7 +160,9 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     if trained.model == "stylegan2":  # a 2D generator has no viewpoint and no depth: FID, KID and speed only
         metrics_objects = metrics_objects[:2]
     step = int(state.get("step", 0)) if not baseline else 0
-    tags = {"train_run_id": state.get("mlflow_run_id") or "", "dataset": trained.dataset, "model": trained.model,
+    # a custom dataset's own name (gmnr.config Params.dataset_name): its rows never merge with another folder's
+    tags = {"train_run_id": state.get("mlflow_run_id") or "", "dataset": trained.dataset_name(),
+            "model": trained.model,
             "ablation": ablation, "data_variant": labels["data_variant"], "run": labels["run"],
             "checkpoint_step": str(step), "checkpoint": baseline or str(checkpoint), "weights": weights[:250]}
     if ablation_name:
@@ -176,7 +178,7 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
                         "the untrained generator" if baseline else f"`{checkpoint}` (step {step})")
             trained_by = (f"[the training run]({run.run_link(tags['train_run_id'])})" if tags["train_run_id"]
                           else "a training run with no MLflow run")
-            run.set_description(f"Evaluation of {measured} of {trained.model} on {trained.dataset}, trained by "
+            run.set_description(f"Evaluation of {measured} of {trained.model} on {trained.dataset_name()}, trained by "
                                 f"{trained_by}. Ablation: `{ablation}` (settings that differ from params.yaml); "
                                 f"run folder `{labels['run']}`. Metrics follow GMPI's protocol; each metric's "
                                 f"back end is in its `backend.<metric>` tag.")

@@ -141,7 +141,7 @@ MTCNN_TO_CAMERA_PIXELS = 0.5
 
 
 def builtin_poses(landmarks: pd.DataFrame, camera: CameraModel, max_reprojection_iod: float,
-                  shift_sigma_iod: float = 0.05, keypoint_sigma_iod: float = 0.04, progress: bool = True,
+                  shift_sigma_iod: float = 3.0, keypoint_sigma_iod: float = 0.04, progress: bool = True,
                   calibration: dict[str, AngleCalibration] | None = None) -> pd.DataFrame:
     """PnP pose for every ``ok`` row of a landmarks table (MTCNN's keypoints, as the landmarks stage
     writes them); other rows keep their status.

@@ -21,7 +21,7 @@ def _log(stage):
     """The job's log: a --config run's (``stage.variant``) beside the default run's, never over it."""
     import hashlib
     suffix = "+" + hashlib.sha256(stage.variant.encode()).hexdigest()[:10] if stage.variant else ""
-    return f"logs/{config['dataset']}/{stage.rule_name}{suffix}.log"
+    return f"logs/{PARAMS.dataset_name()}/{stage.rule_name}{suffix}.log"  # a custom dataset: its own name
 
 
 for _stage in STAGES.values():
