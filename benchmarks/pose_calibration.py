@@ -22,7 +22,7 @@ and the median absolute error:
   set's known cameras (8 mirror-symmetric offsets), instead of the anatomical layout: can a
   better 3D model absorb the bias? (No: see docs/benchmarks.md);
 * ``calibrated``: the pose stage now, with the per-angle calibration fitted on the calibration
-  set (the values to put in params.yaml ``pose.calibration``), and the one params.yaml holds.
+  set (the values to put in params.yaml ``pose.look_at.calibration``: these heads are look-at renders), and the one params.yaml holds.
 
     python benchmarks/pose_calibration.py --work /tmp/pose_calibration --report pose_calibration.json
 
@@ -134,13 +134,13 @@ def estimate(table, camera, params, calibration=None, layout=None, pixel_shift=0
     table[KEYPOINT_COLUMNS] = table[KEYPOINT_COLUMNS] + pixel_shift
     p = params.pose
     if layout is None:
-        return pose.builtin_poses(table, camera, p.max_reprojection_iod, p.shift_sigma_iod, p.keypoint_sigma_iod,
+        return pose.builtin_poses(table, camera, p.max_reprojection_iod, p.look_at.shift_sigma_iod, p.keypoint_sigma_iod,
                                   progress=False, calibration=calibration)
     rows = []
     for _, row in table[table.status == "ok"].iterrows():
         k = intrinsics_from_fov(camera.fov_deg, int(row.width), int(row.height)).double().numpy()
         pts = row[KEYPOINT_COLUMNS].to_numpy(np.float64).reshape(5, 2) + pose.MTCNN_TO_CAMERA_PIXELS
-        x, _ = pose.fit_pose(pts, k, camera, p.shift_sigma_iod, p.keypoint_sigma_iod, layout=layout)
+        x, _ = pose.fit_pose(pts, k, camera, p.look_at.shift_sigma_iod, p.keypoint_sigma_iod, layout=layout)
         rows.append({"file": row.file, "status": "ok", **pose.pose_from_cam2world(pose._camera(x, camera), camera)})
     return pd.DataFrame(rows)
 
@@ -183,7 +183,7 @@ def main() -> None:
     table, truth = sets["calibration"]
     fitted = line_stats(estimate(table, camera, params), truth)
     calibration = {a: pose.AngleCalibration(fitted[a]["slope"], fitted[a]["offset_deg"]) for a in ("yaw", "pitch")}
-    in_params = {a: pose.AngleCalibration(**getattr(params.pose.calibration, a).model_dump()) for a in ("yaw", "pitch")}
+    in_params = {a: pose.AngleCalibration(**getattr(params.pose.look_at.calibration, a).model_dump()) for a in ("yaw", "pitch")}
     layout, layout_info = rigid_mtcnn_layout(table, truth, k)
 
     table, truth = sets["demo"]

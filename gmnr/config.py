@@ -185,13 +185,27 @@ class PoseCalibration(Strict):
     pitch: AngleCalibration = AngleCalibration(slope=0.5015, offset_deg=-1.022)
 
 
+class PoseLookAt(Strict):
+    """The builtin estimator on look-at renders (the demo's synthetic heads), where a face moves in the
+    image as the camera turns: its place is a pose cue, so the image-shift prior is tight, and MTCNN's
+    response under that prior is calibrated on its own."""
+    shift_sigma_iod: PositiveFloat = 0.05
+    calibration: PoseCalibration = PoseCalibration(yaw=AngleCalibration(slope=1.1541, offset_deg=0.172),
+                                                   pitch=AngleCalibration(slope=0.7330, offset_deg=-1.734))
+
+
 class Pose(Strict):
     backend: Literal["builtin", "deep3dfacerecon"] = "builtin"
     deep3dfacerecon_root: str | None = None
     max_reprojection_iod: PositiveFloat = 0.08
-    shift_sigma_iod: PositiveFloat = 3.0  # free: see params.yaml
+    shift_sigma_iod: PositiveFloat = 3.0  # FFHQ-cropped images: free (see params.yaml)
     keypoint_sigma_iod: PositiveFloat = 0.04
     calibration: PoseCalibration = Field(PoseCalibration(), description="builtin only: MTCNN's angle response, undone")
+    look_at: PoseLookAt = Field(PoseLookAt(), description="builtin on look-at renders (the demo): prior and calibration")
+    framing: Literal["auto", "ffhq_crop", "look_at"] = Field(
+        "auto", description="how the images are framed, which picks the builtin's prior and calibration: auto = "
+                            "look_at for the demo's renders, ffhq_crop for everything else (FFHQ-cropped datasets, "
+                            "custom folders after align)")
 
 
 class Pack(Strict):
@@ -568,6 +582,17 @@ class Params(Strict):
             return "off"  # rendered where FFHQ's crop puts a face (gmnr/data/face_layout.py)
         from gmnr.data.registry import get_dataset
         return "off" if get_dataset(self.dataset).aligned else "ffhq"
+
+    def pose_fit(self) -> tuple[float, PoseCalibration]:
+        """The builtin estimator's image-shift prior and calibration for how this dataset's images are
+        framed: FFHQ's crop (every registry dataset, a custom folder after align) centres the face whatever
+        the pose, the demo's look-at renders do not (``pose.look_at``)."""
+        framing = self.pose.framing
+        if framing == "auto":
+            framing = "look_at" if self.dataset == "demo" and self.align_mode() == "off" else "ffhq_crop"
+        if framing == "look_at":
+            return self.pose.look_at.shift_sigma_iod, self.pose.look_at.calibration
+        return self.pose.shift_sigma_iod, self.pose.calibration
 
     def aligned_resolution(self) -> int:
         """Side of the aligned crops: ``align.resolution``, else the dataset's own (custom: 256), never

@@ -226,9 +226,9 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     with stage_run("pose", params, ("pose", "cameras", "images")) as run:
         with staged:
             if params.pose.backend == "builtin":
-                cal = params.pose.calibration
+                shift_sigma_iod, cal = params.pose_fit()
                 poses = pose.builtin_poses(table, camera, params.pose.max_reprojection_iod,
-                                           params.pose.shift_sigma_iod, params.pose.keypoint_sigma_iod,
+                                           shift_sigma_iod, params.pose.keypoint_sigma_iod,
                                            progress=progress,
                                            calibration={a: pose.AngleCalibration(**getattr(cal, a).model_dump())
                                                         for a in ("yaw", "pitch")})

@@ -202,8 +202,9 @@ def test_the_pose_stage_reports_and_logs_the_line_against_ground_truth(tmp_path)
     pd.DataFrame([{"file": f"{i:03d}.png", "yaw": y, "pitch": p, "roll": r} for i, (y, p, r) in enumerate(truth)]
                  ).to_csv(raw / "ground_truth.csv", index=False)
     _landmark_rows(truth).to_csv(tmp_path / "landmarks.csv", index=False)
-    params = config.load_params(overrides=["pose.calibration.pitch.slope=1.0", "pose.calibration.pitch.offset_deg=0.0",
-                                           "pose.calibration.yaw.slope=1.0", "pose.calibration.yaw.offset_deg=0.0"])
+    params = config.load_params(overrides=[  # the demo's look-at framing (params.pose_fit)
+        "pose.look_at.calibration.pitch.slope=1.0", "pose.look_at.calibration.pitch.offset_deg=0.0",
+        "pose.look_at.calibration.yaw.slope=1.0", "pose.look_at.calibration.yaw.offset_deg=0.0"])
     report = stages.run_pose(params, raw, tmp_path / "landmarks.csv", tmp_path / "interim", tmp_path / "reports",
                              progress=False)
     for angle in ("yaw", "pitch"):
