@@ -59,13 +59,15 @@ def prepare(work: Path, name: str, seed: int, count: int) -> Path:
     """Render ``count`` heads of ``seed`` and run the landmarks stage on them (reused when present)."""
     folder = work / name
     meta = folder / "raw" / "meta.json"
-    fresh = not (meta.is_file() and (folder / "interim" / "landmarks.csv").is_file()
-                 and json.loads(meta.read_text()).get("seed") == seed
-                 and json.loads(meta.read_text()).get("count") == count)
-    if fresh:
-        print(f"{name}: rendering {count} heads (seed {seed}) and running MTCNN", flush=True)
+    rendered = (meta.is_file() and json.loads(meta.read_text()).get("seed") == seed
+                and json.loads(meta.read_text()).get("count") == count)
+    if not rendered:
+        print(f"{name}: rendering {count} heads (seed {seed})", flush=True)
         _gmnr("synth", "-S", f"seed={seed}", "-S", f"synth.count={count}", "--output", str(folder / "raw"),
               "--reports", str(folder / "reports"), work=work)
+    if not rendered or not (folder / "interim" / "landmarks.csv").is_file():
+        # Delete interim/ to redetect with changed landmarks params (the renders are kept).
+        print(f"{name}: running MTCNN (gmnr landmarks)", flush=True)
         _gmnr("landmarks", "-S", f"seed={seed}", "--input", str(folder / "raw"), "--output",
               str(folder / "interim"), "--reports", str(folder / "reports"), work=work)
     return folder

@@ -146,6 +146,8 @@ class Landmarks(Strict):
     min_face_size: Annotated[int, Field(ge=8)] = 20
     batch_size: PositiveInt = 16
     export_txt: bool = True
+    mirror_average: bool = Field(True, description="also detect on the mirror image and average the keypoints "
+                                                   "(less keypoint scatter; twice MTCNN's time)")
 
 
 class Align(Strict):
@@ -181,8 +183,8 @@ class PoseCalibration(Strict):
     """The builtin estimator's measured response to MTCNN's keypoints (estimated = slope * true +
     offset), undone per angle; measured by benchmarks/pose_calibration.py on synthetic heads of a
     seed the demo does not use. {slope: 1, offset_deg: 0} turns a correction off."""
-    yaw: AngleCalibration = AngleCalibration(slope=1.1984, offset_deg=0.232)
-    pitch: AngleCalibration = AngleCalibration(slope=0.5015, offset_deg=-1.022)
+    yaw: AngleCalibration = AngleCalibration(slope=1.2056, offset_deg=0.155)
+    pitch: AngleCalibration = AngleCalibration(slope=0.5026, offset_deg=-1.069)
 
 
 class PoseLookAt(Strict):
@@ -190,8 +192,8 @@ class PoseLookAt(Strict):
     image as the camera turns: its place is a pose cue, so the image-shift prior is tight, and MTCNN's
     response under that prior is calibrated on its own."""
     shift_sigma_iod: PositiveFloat = 0.05
-    calibration: PoseCalibration = PoseCalibration(yaw=AngleCalibration(slope=1.1541, offset_deg=0.172),
-                                                   pitch=AngleCalibration(slope=0.7330, offset_deg=-1.734))
+    calibration: PoseCalibration = PoseCalibration(yaw=AngleCalibration(slope=1.1572, offset_deg=0.069),
+                                                   pitch=AngleCalibration(slope=0.7300, offset_deg=-1.774))
 
 
 class Pose(Strict):

@@ -106,7 +106,7 @@ def _landmarks_legacy(out: Path) -> set[str] | None:
 
     from gmnr.preprocess.landmarks import COLUMNS
     table = pd.read_csv(out / "landmarks.csv")
-    if not set(COLUMNS) - {"cropped"} <= set(table.columns):
+    if not set(COLUMNS) - {"cropped", "views"} <= set(table.columns):
         return None
     ok = table[table.status == "ok"].file
     return {"landmarks.csv", *(f"detections/{Path(f).with_suffix('.txt').as_posix()}" for f in ok)}
@@ -123,7 +123,7 @@ def _photo_policy(params: Params):
 def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, progress: bool = True) -> dict:
     from gmnr.preprocess import landmarks as lm
     settings = lm.DetectorSettings(params.landmarks.min_confidence, params.landmarks.min_face_size,
-                                   params.landmarks.batch_size)
+                                   params.landmarks.batch_size, params.landmarks.mirror_average)
     policy = _photo_policy(params)
     staged = StagedOutput(output, "landmarks", ["landmarks.csv", "detections"], inputs=[image_dir],
                           legacy=_landmarks_legacy)

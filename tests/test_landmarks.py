@@ -11,7 +11,7 @@ import torch
 
 from gmnr.data import synth
 from gmnr.data.images import write_png_atomic
-from gmnr.preprocess.landmarks import KEYPOINT_COLUMNS, choose_face
+from gmnr.preprocess.landmarks import KEYPOINT_COLUMNS, choose_face, combine_views, mirror_back
 from gmnr.render.camera import intrinsics_from_fov, pose_to_cam2world, project
 from tests.conftest import env_with_venv, run_cli
 
@@ -30,6 +30,52 @@ def test_choose_face_prefers_central_then_confident():
     rows[:, 1:5] = [[0, 0, 40, 40], [80, 80, 120, 120], [85, 85, 115, 115]]
     rows[:, 5] = [0.999, 0.95, 0.99]
     assert choose_face(rows, 200, 200) == 2
+
+
+def _mtcnn_row(box, score, points):
+    """One MTCNN numpy row: image id, x1, y1, x2, y2, score, x0..x4, y0..y4."""
+    points = np.asarray(points, float)
+    return np.concatenate([[0.0], box, [score], points[:, 0], points[:, 1]])
+
+
+# Left eye, right eye, nose, mouth left, mouth right of a face a little left of centre in a 100 px image.
+POINTS = [[30, 40], [50, 41], [41, 55], [32, 68], [49, 69]]
+
+
+def test_mirror_back_undoes_the_mirror_and_keeps_every_name():
+    width = 100
+    row = _mtcnn_row([20, 25, 60, 80], 0.99, POINTS)
+    # What MTCNN would report on the mirror image: x -> width - 1 - x, and the person's left eye (the
+    # one on the image's left) is now on the right, so the names swap.
+    mirrored_pts = [[width - 1 - x, y] for x, y in np.asarray(POINTS)[[1, 0, 2, 4, 3]]]
+    on_mirror = _mtcnn_row([width - 1 - 60, 25, width - 1 - 20, 80], 0.99, mirrored_pts)
+    back = mirror_back(on_mirror[None], width)[0]
+    assert np.allclose(back, row)
+    assert np.allclose(mirror_back(mirror_back(row[None], width), width)[0], row)  # an involution
+
+
+def test_combine_views_averages_the_same_face_and_falls_back_to_either_view():
+    w = h = 100
+    face = _mtcnn_row([20, 25, 60, 80], 0.99, POINTS)
+    shifted = _mtcnn_row([22, 25, 62, 80], 0.97, np.asarray(POINTS) + [2, 1])
+    merged, views = combine_views(face[None], shifted[None], w, h, 0.9)
+    assert views == 2
+    assert np.allclose(merged[6:16], (face[6:16] + shifted[6:16]) / 2)
+    assert merged[5] == face[5]  # the image's own confidence decides its status
+    # Only the mirror image finds it with confidence: kept, from the mirror.
+    weak = face.copy()
+    weak[5] = 0.5
+    assert combine_views(weak[None], shifted[None], w, h, 0.9)[1] == 1
+    assert np.allclose(combine_views(weak[None], shifted[None], w, h, 0.9)[0], shifted)
+    assert combine_views(np.empty((0, 16)), shifted[None], w, h, 0.9)[1] == 1
+    # A different face in the mirror (no overlap) is not averaged in.
+    elsewhere = _mtcnn_row([70, 70, 95, 95], 0.99, np.asarray(POINTS) + 50)
+    merged, views = combine_views(face[None], elsewhere[None], w, h, 0.9)
+    assert views == 1 and np.allclose(merged, face)
+    # Neither view confident: the image's weak face is reported as it is; nothing at all: no face.
+    merged, views = combine_views(weak[None], None, w, h, 0.9)
+    assert views == 1 and merged[5] == 0.5
+    assert combine_views(np.empty((0, 16)), np.empty((0, 16)), w, h, 0.9) == (None, 0)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +126,8 @@ def test_keypoints_land_on_the_true_landmarks(landmark_run):
     got = table.loc["face.png", KEYPOINT_COLUMNS].to_numpy(float).reshape(5, 2)
     interocular = np.linalg.norm(truth[1] - truth[0])
     assert np.linalg.norm(got - truth, axis=1).max() < 0.25 * interocular, (got, truth)
+    assert table.loc["face.png", "views"] == 2  # found on the image and on its mirror, averaged
+    assert table.loc["blank.png", "views"] == 0
 
 
 def test_of_several_faces_the_central_one_is_kept_and_recorded(landmark_run):
