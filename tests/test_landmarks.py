@@ -11,7 +11,8 @@ import torch
 
 from gmnr.data import synth
 from gmnr.data.images import write_png_atomic
-from gmnr.preprocess.landmarks import KEYPOINT_COLUMNS, choose_face, combine_views, mirror_back
+from gmnr.preprocess.landmarks import (KEYPOINT_COLUMNS, MTCNN_TO_CAMERA_PIXELS, choose_face, combine_views, mirror_back,
+                                       summarize)
 from gmnr.render.camera import intrinsics_from_fov, pose_to_cam2world, project
 from tests.conftest import env_with_venv, run_cli
 
@@ -76,6 +77,21 @@ def test_combine_views_averages_the_same_face_and_falls_back_to_either_view():
     merged, views = combine_views(weak[None], None, w, h, 0.9)
     assert views == 1 and merged[5] == 0.5
     assert combine_views(np.empty((0, 16)), np.empty((0, 16)), w, h, 0.9) == (None, 0)
+
+
+def test_keypoint_error_compares_in_the_cameras_pixel_convention():
+    """The projected true landmarks put pixel i's centre at i + 0.5, MTCNN at i: a detector that is
+    exact in its own convention scores 0 px, and the error is not the half pixel's 0.71."""
+    truth = pd.DataFrame({"file": ["a.png", "b.png"], "yaw": [0.0, 0.1]})
+    for n, (x, y) in zip(["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"], POINTS):
+        truth[f"{n}_x"], truth[f"{n}_y"] = [x + 0.5, x + 0.5], [y + 0.5, y + 0.5]
+    table = truth[["file"]].assign(status="ok", n_faces=1)
+    for c in KEYPOINT_COLUMNS:
+        table[c] = truth[c] - MTCNN_TO_CAMERA_PIXELS
+    summary = summarize(table, 1.0, truth)
+    assert summary["keypoint_error_px_median"] == pytest.approx(0.0, abs=1e-9)
+    table["nose_x"] += 3.0  # 3 px off on one point of five per image
+    assert summarize(table, 1.0, truth)["keypoint_error_px_mean"] == pytest.approx(3.0 / 5)
 
 
 @pytest.fixture(scope="module")

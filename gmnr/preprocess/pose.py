@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gmnr.data.face_layout import MEAN_LANDMARKS_3D
+from gmnr.preprocess.landmarks import MTCNN_TO_CAMERA_PIXELS  # defined with MTCNN's output; benchmarks read it here too
 
 CAM2WORLD_COLUMNS = [f"cam2world_{i}{j}" for i in range(4) for j in range(4)]
 POSE_COLUMNS = ["file", "status", "yaw", "pitch", "roll", "tx", "ty", "tz", "reprojection_iod", *CAM2WORLD_COLUMNS]
@@ -131,13 +132,6 @@ def pose_from_cam2world(cam2world: np.ndarray, camera: CameraModel,
            "tx": float(cam2world[0, 3]), "ty": float(cam2world[1, 3]), "tz": float(cam2world[2, 3])}
     out.update(dict(zip(CAM2WORLD_COLUMNS, seated.ravel().tolist())))
     return out
-
-
-# MTCNN reports keypoints in array-index coordinates (pixel i's centre at i), and landmarks.csv keeps
-# them so (Deep3DFaceRecon's detections/*.txt expect that); the intrinsics put pixel i's centre at
-# i + 0.5 (principal point at width / 2). Uncorrected, the half pixel moved every estimated pitch by
-# -0.35 deg and yaw by +0.4 deg on the demo (benchmarks/pose_calibration.py).
-MTCNN_TO_CAMERA_PIXELS = 0.5
 
 
 def builtin_poses(landmarks: pd.DataFrame, camera: CameraModel, max_reprojection_iod: float,
