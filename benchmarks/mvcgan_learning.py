@@ -8,7 +8,8 @@ script.
     python benchmarks/mvcgan_learning.py --steps 4000 --every 500 --threads 1
 
 Needs the packed demo set (``snakemake --cores all pack``). Trains into
-``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own: nothing of the pipeline's is touched;
+``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own, with its own copy of the packed set: nothing of
+the pipeline's is touched, and a pipeline run beside it cannot change its data;
 a killed run resumes from its last checkpoint when the command is repeated), writes
 ``benchmarks/results/mvcgan_learning-<variant>-<steps>.{json,png}``. The sample grids training writes every
 ``--every`` steps are in the run folder's ``samples/``; the final generator's videos, depth videos and grid
@@ -38,6 +39,22 @@ VARIANTS = {  # name -> overrides on top of the demo section
                      "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
     "demo": [],
 }
+
+
+def snapshot_packed_set(params, folder: Path) -> Path:
+    """``folder``/<dataset>: a copy of the packed training set, made once (staged, then renamed into place);
+    returns ``folder`` (what ``paths.processed`` is set to)."""
+    import shutil
+    target = folder / params.dataset
+    if not target.is_dir():
+        source = ROOT / params.processed_dir()
+        if not (source / "dataset.json").is_file():
+            raise SystemExit(f"{source}: no packed set; run `snakemake --cores all pack` first")
+        staging = folder / f".{params.dataset}.partial"
+        shutil.rmtree(staging, ignore_errors=True)  # our own leftover from a killed copy
+        shutil.copytree(source, staging)
+        staging.rename(target)
+    return folder
 
 
 def plot(curve: list[tuple[int, float]], init: float, title: str, path: Path) -> None:
@@ -74,7 +91,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = f"mvcgan-{args.variant}-{args.steps}"
     out = ROOT / "runs" / "demo" / "learning" / name
-    overrides = ["model=mvcgan", f"train.steps={args.steps}", f"train.checkpoint_every={args.every}",
+    # Train and measure on a copy of the packed set made at the first start: a pipeline run beside this one
+    # (which repacks data/processed/demo when its inputs change, swapping the folder whole) would otherwise
+    # pull the images from under the trainer, and a resumed run would see other images than its start.
+    packed = snapshot_packed_set(load_params(ROOT / "params.yaml"), out / "data")
+    overrides = [f"paths.processed={packed}", "model=mvcgan", f"train.steps={args.steps}",
+                 f"train.checkpoint_every={args.every}",
                  f"train.sample_every={args.every}", f"train.keep_last={args.steps // args.every + 1}",
                  f"train.threads={args.threads}", *VARIANTS[args.variant]]
     cmd = [sys.executable, "-m", "gmnr", "train", "--no-progress", "--output", str(out)]
