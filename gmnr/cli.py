@@ -145,8 +145,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = _add_command(
         sub, "pack", _run_pack, "training images + dataset.json camera labels",
-        "Write the training set: every image with a pose, resized to pack.resolution, and dataset.json\n"
-        "with its camera label (the flattened camera matrix the discriminator is conditioned on).",
+        "Write the training set: every image that passed the earlier stages (and pack.max_abs_yaw_deg) at\n"
+        "the training resolution, and dataset.json with its camera label in the EG3D/GMPI layout\n"
+        "(cam2world and normalised intrinsics); the images left out are counted.",
         "gmnr pack -S pack.resolution=64", [common], stage="pack")
     p.add_argument("--input", type=Path, help="aligned images (default: <paths.aligned>/<dataset>)")
     p.add_argument("--poses", type=Path, help="default: <paths.interim>/<dataset>/poses.csv")
@@ -174,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = _add_command(
         sub, "render", _run_render, "multi-view and depth videos and a grid for a checkpoint",
-        "Render a trained checkpoint: a multi-view video and a depth video per latent (a yaw sweep) and a\n"
-        "grid of views, into the run's render folder.",
+        "Render a trained checkpoint: videos of one latent as the camera sweeps and circles, each with its\n"
+        "depth video, and a grid of latents x views, into the run's render folder.",
         "gmnr render -S model=gmpi --checkpoint runs/demo/gmpi/final.pt", [common, run_options], stage="render")
     p.add_argument("--checkpoint", type=Path, help="default: <paths.runs>/<dataset>/<model>/final.pt")
     p.add_argument("--output", type=Path, help="default: <paths.runs>/<dataset>/<model>/render")
