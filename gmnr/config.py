@@ -1,7 +1,7 @@
 """Typed parameters: one schema for params.yaml, used by the CLI and by the Snakefile.
 
 The JSON schema in ``workflow/schemas/params.schema.json`` is generated from these models
-(``gmnr schema --write``); a test fails when the two drift.
+(``gmnr params --write-schema``); a test fails when the two drift.
 """
 from __future__ import annotations
 
