@@ -54,6 +54,7 @@ from gmnr.data.registry import (
     get_weights,
     validate_checksum_spec,
 )
+from gmnr.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -946,8 +947,5 @@ def _write_manifest(entry: DatasetEntry, raw_dir: Path, sources: _Sources, from_
         "bytes_downloaded": sources.bytes_downloaded,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = raw_dir / "manifest.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(manifest, indent=2) + "\n"
+    return atomic_write(raw_dir / "manifest.json", lambda tmp: tmp.write_text(text), tmp_name="manifest.json.tmp")

@@ -194,10 +194,8 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
     """Write a PNG through a temporary name so a killed stage never leaves half a file."""
     import imageio.v3 as iio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    iio.imwrite(tmp, image, extension=".png")
-    tmp.replace(path)
+    from gmnr.io import atomic_write
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
 
 
 def relative_name(path: Path, folder: Path) -> str:

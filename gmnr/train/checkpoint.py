@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from gmnr.io import atomic_write
+
 PATTERN = re.compile(r"^step-(\d{9})\.pt$")
 # Temporary names: save_checkpoint's (with the writer's pid), the trainer's final.pt and the
 # atomic writers' (gmnr.io, gmnr.data.images) for train.json and the sample grids.
@@ -97,12 +99,9 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep_last:
                                  f"(the last good one, {latest_checkpoint(folder) or 'none'}, is kept)")
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({**payload, "step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    # the pid in the temporary's name: _TMP_WITH_PID finds the ones a killed process left
+    atomic_write(final, lambda tmp: torch.save({**payload, "step": step}, tmp),
+                 tmp_name=f".{final.name}.tmp-{os.getpid()}", durable=True)
     for _, old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return final
