@@ -46,6 +46,7 @@ from typing import Any, Iterator
 from PIL import Image
 from tqdm import tqdm
 
+from gmnr.data.images import DATASET_IMAGE_SUFFIXES, DEFAULT_MAX_PIXELS, ImageRefused, open_regular
 from gmnr.data.registry import (
     DatasetEntry,
     RemoteFile,
@@ -58,7 +59,7 @@ from gmnr.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+_IMAGE_KINDS = "/".join(s[1:] for s in DATASET_IMAGE_SUFFIXES)  # "png/jpg/jpeg/webp", for messages
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 USER_AGENT = "gmnr-download/1.0 (python-urllib)"
 _MAX_BACKOFF_S = 60.0
@@ -606,7 +607,6 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
     summarises counts, bytes downloaded and seconds. ``raw_dir/images``, the manifest and the
     metadata files are staged and swapped in together (:mod:`gmnr.staging`).
     """
-    from gmnr.data.images import DEFAULT_MAX_PIXELS
     from gmnr.staging import StagedOutput
     entry = name if isinstance(name, DatasetEntry) else get_dataset(name)
     _check_options(download_options)
@@ -623,7 +623,7 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
                                      max_extract_ratio))
     images = _collect_images(roots, entry.subset)
     if not images:
-        raise FileNotFoundError(f"{entry.name}: no png/jpg/jpeg/webp images found under "
+        raise FileNotFoundError(f"{entry.name}: no {_IMAGE_KINDS} images found under "
                                 f"{', '.join(map(str, roots))}" + _subset_hint(entry))
     names = flat_names([rel for _, rel in images])
     with staged:
@@ -706,12 +706,12 @@ def _sources_from_user(entry: DatasetEntry, from_dir: Path) -> _Sources:
                     "checked against a published checksum", entry.name, [p.name for p in others])
         return _Sources(others, [], [_archive_record(p, None) for p in others], "from_dir")
     if not entry.archives:  # a custom folder: any archive or image would have done
-        raise FileNotFoundError(f"--from {from_dir}: no images (png/jpg/jpeg/webp, searched recursively; hidden "
+        raise FileNotFoundError(f"--from {from_dir}: no images ({_IMAGE_KINDS}, searched recursively; hidden "
                                 f"folders skipped) and no archive ({', '.join(sorted(ARCHIVE_SUFFIXES))}) found "
                                 f"for dataset {entry.name}; nothing written")
     expected = ", ".join(r.filename for r in entry.archives) or "no fixed archive name"
     raise FileNotFoundError(f"--from {from_dir}: holds neither the archive(s) of {entry.name} "
-                            f"({expected}) nor any png/jpg/jpeg/webp images{_subset_hint(entry)}")
+                            f"({expected}) nor any {_IMAGE_KINDS} images{_subset_hint(entry)}")
 
 
 def _archive_record(path: Path, remote: RemoteFile | None) -> dict:
@@ -785,7 +785,7 @@ def _walk_images(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
         for filename in sorted(filenames):
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
+            if not filename.startswith(".") and Path(filename).suffix.lower() in DATASET_IMAGE_SUFFIXES:
                 yield Path(dirpath) / filename
 
 
@@ -861,7 +861,6 @@ def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
     without decoding); other formats are fully decoded because ``verify()`` does not check them.
     Only regular files are opened, and the pixel count in the header is checked before decoding.
     """
-    from gmnr.data.images import ImageRefused, open_regular
     src, out_dir, stem, resize_to, resolution, max_pixels = job
     try:
         with open_regular(src) as f, Image.open(f) as image:
