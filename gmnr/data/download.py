@@ -53,7 +53,7 @@ from gmnr.data.registry import (
     WeightsEntry,
     get_dataset,
     get_weights,
-    validate_checksum_spec,
+    parse_checksum,
 )
 from gmnr.io import atomic_write
 
@@ -107,15 +107,6 @@ class _Retryable(Exception):
 # --------------------------------------------------------------------------------------------
 # Checksums and file names
 # --------------------------------------------------------------------------------------------
-
-def parse_checksum(spec: str) -> tuple[str, str]:
-    """Split ``"md5:<hex>"`` / ``"sha256:<hex>"`` into (algorithm, lowercase hex digest)."""
-    algo, sep, digest = spec.strip().partition(":")
-    normalised = f"{algo.lower()}:{digest.lower()}" if sep else spec
-    validate_checksum_spec(normalised, "checksum")
-    algo, _, digest = normalised.partition(":")
-    return algo, digest
-
 
 def file_digest(path: Path, algo: str, chunk_bytes: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks so 90 GB archives do not need 90 GB of RAM."""
