@@ -430,8 +430,10 @@ def safe_extract(archive: Path, target_dir: Path, max_bytes: int = DEFAULT_MAX_E
     nothing is written. So does an archive whose members add up to more than ``max_bytes``,
     more than ``max_ratio`` times the archive's own size, or more than the free disk space.
     Extraction goes to a hidden temporary sibling that is renamed onto ``target_dir`` at the
-    end; bytes are counted while writing too, so a member that yields more than its header
-    declared is refused and the partial extraction removed. ``target_dir`` must be absent or empty.
+    end. Tar members are written by tarfile itself under PEP 706's ``data`` filter (which
+    writes exactly the size a header declares); zip has no such filter, so its bytes are counted
+    while writing and a member that yields more than its header declared is refused and the
+    partial extraction removed. ``target_dir`` must be absent or empty.
     """
     archive, target_dir = Path(archive), Path(target_dir)
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
@@ -440,12 +442,12 @@ def safe_extract(archive: Path, target_dir: Path, max_bytes: int = DEFAULT_MAX_E
         with zipfile.ZipFile(archive) as zf:
             members = _validate_zip(archive, zf, target_dir)
             _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
-            return _extract_members(members, target_dir, lambda m: zf.open(m.handle), archive)
+            return _extract_staged(members, target_dir, lambda staging: _write_zip(archive, zf, members, staging))
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
             members = _validate_tar(archive, tf, target_dir)
             _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
-            return _extract_members(members, target_dir, lambda m: tf.extractfile(m.handle), archive)
+            return _extract_staged(members, target_dir, lambda staging: _write_tar(archive, tf, members, staging))
     raise ValueError(f"{archive} is neither a zip nor a tar archive")
 
 
@@ -511,57 +513,79 @@ def _validate_zip(archive: Path, zf: zipfile.ZipFile, target_dir: Path) -> list[
 
 
 def _validate_tar(archive: Path, tf: tarfile.TarFile, target_dir: Path) -> list[_Member]:
+    """Refuse the whole archive on its first unsafe member, before anything is written. PEP 706's
+    data filter judges devices, fifos and escapes; our rules on top are stricter: no links at all
+    (the filter allows links that stay inside), no absolute names (the filter strips the '/') and
+    no '..' component even when it stays inside (the filter allows 'a/../b')."""
     members = []
     for info in tf.getmembers():
         if info.issym() or info.islnk():
             raise UnsafeArchiveError(archive, info.name, f"is a {'symbolic' if info.issym() else 'hard'} "
                                      f"link to {info.linkname!r}")
-        if info.ischr() or info.isblk() or info.isfifo():
-            raise UnsafeArchiveError(archive, info.name, "is a device or fifo")
-        if not (info.isreg() or info.isdir()):
-            raise UnsafeArchiveError(archive, info.name, f"has unsupported tar type {info.type!r}")
         relpath = _safe_relpath(archive, info.name, target_dir)
-        try:  # and the stdlib's own rules for untrusted archives (PEP 706) on top of ours
+        try:
             tarfile.data_filter(info, str(target_dir))
+        except tarfile.SpecialFileError:
+            raise UnsafeArchiveError(archive, info.name, "is a device or fifo") from None
         except tarfile.FilterError as exc:
             raise UnsafeArchiveError(archive, info.name, f"is refused by tarfile's data filter ({exc})") from None
-        if relpath is not None:
-            members.append(_Member(relpath, info.isdir(), info))
+        if not (info.isreg() or info.isdir()):  # tarfile would write an unknown type as a regular file
+            raise UnsafeArchiveError(archive, info.name, f"has unsupported tar type {info.type!r}")
+        if relpath is not None:  # written under the normalised name ('a\\b' and './a//b' as 'a/b')
+            members.append(_Member(relpath, info.isdir(), info.replace(name=relpath.as_posix(), deep=False)))
     return members
 
 
-def _extract_members(members: list[_Member], target_dir: Path, open_member, archive: Path) -> list[Path]:
+def _tar_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """PEP 706's ``data`` filter, leaving mode and time to the system's defaults as for any new
+    file (what the extraction wrote before tarfile did it), not the archive's."""
+    return tarfile.data_filter(member, dest).replace(mode=None, mtime=None, deep=False)
+
+
+def _write_tar(archive: Path, tf: tarfile.TarFile, members: list[_Member], staging: Path) -> None:
+    """tarfile writes the validated members, applying the data filter once more as it goes."""
+    try:
+        tf.extractall(staging, members=[m.handle for m in members], filter=_tar_data_filter)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(archive, exc.tarinfo.name, f"is refused by tarfile's data filter ({exc})") from None
+
+
+def _write_zip(archive: Path, zf: zipfile.ZipFile, members: list[_Member], staging: Path) -> None:
+    for member in members:
+        out = staging.joinpath(*member.relpath.parts)
+        if member.is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        declared = _member_size(member)
+        with zf.open(member.handle) as src, open(out, "wb") as dst:
+            written = 0
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > declared:  # never trust a header for how much will come out
+                    raise UnsafeArchiveError(archive, str(member.relpath), f"yields more than the {declared} "
+                                             f"bytes its header declares")
+                dst.write(chunk)
+
+
+def _extract_staged(members: list[_Member], target_dir: Path, write_members) -> list[Path]:
+    """``write_members(staging)`` into a hidden sibling that is renamed onto ``target_dir`` when
+    complete and removed when not; returns the extracted files."""
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     # A killed extraction leaves .<name>.partial-* behind; the next one removes them (they are ours).
     for stale in target_dir.parent.glob(f".{target_dir.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = target_dir.parent / f".{target_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
-    files = []
     try:
-        for member in members:
-            out = staging.joinpath(*member.relpath.parts)
-            if member.is_dir:
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            declared = _member_size(member)
-            with open_member(member) as src, open(out, "wb") as dst:
-                written = 0
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > declared:  # never trust a header for how much will come out
-                        raise UnsafeArchiveError(archive, str(member.relpath), f"yields more than the {declared} "
-                                                 f"bytes its header declares")
-                    dst.write(chunk)
-            files.append(member.relpath)
+        write_members(staging)
         if target_dir.exists():
             target_dir.rmdir()  # checked empty above
         os.replace(staging, target_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted({target_dir.joinpath(*rel.parts) for rel in files})
+    return sorted({target_dir.joinpath(*m.relpath.parts) for m in members if not m.is_dir})
 
 
 # --------------------------------------------------------------------------------------------
