@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -36,6 +37,15 @@ def atomic_write(path: Path, write_fn: Callable[[Path], object], *, tmp_name: st
             os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Hardlink ``src`` at ``dest`` when possible (FFHQ is 89 GB; a second copy is wasteful), else
+    copy it (another file system, or links not allowed: a copy costs only space)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
 
 
 def write_json(data: dict, path: Path) -> Path:

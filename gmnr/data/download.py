@@ -1,18 +1,30 @@
 """Back end of ``gmnr download``: resumable verified downloads, safe extraction, dataset preparation.
 
+Why no download library: pooch (1.9) and fsspec (2026.9, installed) were weighed for fetch +
+checksum, and neither replaces the fetch below without losing what it is for. pooch streams
+into a temporary file that it deletes on any failure and always starts at byte 0, so it has no
+HTTP ``Range`` resume, the one thing a 90 GB FFHQ archive needs; the part it would replace is
+the digest check (``file_digest``, a few lines of hashlib), and it brings requests, platformdirs
+and packaging. fsspec's HTTP needs aiohttp (not installed); its ``get`` rewrites the file from
+byte 0 and verifies nothing, and its ranged reads raise on a server that ignores ``Range``
+where this module restarts from zero. Wrapping either would keep the whole resume layer (the
+offset, 206 against 200 against 416, the ``Content-Range`` check, the retry of a truncated
+body) and add a dependency to the environment that must fetch data before anything else is
+installed. So the fetch stays on stdlib ``urllib`` and the libraries do the rest: hashlib
+the digests, tarfile (PEP 706's ``data`` filter) the tar extraction.
+
 Design choices and why:
-  * stdlib ``urllib`` only, so the downloader works in the minimal environment that fetches
-    the data before anything else is installed.
   * Bytes go to ``<dest>.part`` and are renamed only after size and checksum verify, so a
     file named like the archive is always complete; an interrupted transfer is resumed with
     an HTTP ``Range`` request instead of restarting a 90 GB download.
   * Archives are validated member by member before a single byte is written (no path
-    traversal, no links, no device nodes; tar members also pass tarfile's ``data`` filter) and
-    extracted into a temporary sibling folder that is renamed into place, so a crash never
-    leaves a half-extracted tree that looks complete. What they would expand to is capped
-    before extraction (``download.max_extract_bytes``, ``download.max_extract_ratio`` against
-    the archive's size, the free disk space) and counted again while writing, so a zip bomb is
-    refused instead of filling the disk.
+    traversal, no links, no device nodes; tar members also pass tarfile's ``data`` filter, which
+    tarfile applies again as it writes them) and extracted into a temporary sibling folder that
+    is renamed into place, so a crash never leaves a half-extracted tree that looks complete.
+    What they would expand to is capped before extraction (``download.max_extract_bytes``,
+    ``download.max_extract_ratio`` against the archive's size, the free disk space) and, for
+    zip, counted again while writing (tarfile writes exactly the declared sizes), so a zip bomb
+    is refused instead of filling the disk.
   * Prepared images are flat, sorted, stably named files under ``raw_dir/images`` plus a
     ``manifest.json`` that records where they came from, so later stages (landmarks, poses)
     can key on file names and audits can trace every image to its archive. They are staged and
@@ -55,7 +67,7 @@ from gmnr.data.registry import (
     get_weights,
     parse_checksum,
 )
-from gmnr.io import atomic_write
+from gmnr.io import atomic_write, link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +190,7 @@ class _Transfer:
 def download_file(url: str, dest: Path, expected_size: int | None = None,
                   checksum: str | None = None, retries: int = 5, backoff_s: float = 1.0,
                   timeout_s: float = 60, progress: bool = True, chunk_bytes: int = 1 << 20,
-                  *, download_dir: Path | None = None) -> Path:
+                  *, download_dir: Path | None = None, transfer: _Transfer | None = None) -> Path:
     """Download ``url`` to ``dest`` with resume, retries and verification; return ``dest``.
 
     ``checksum`` is ``"md5:<hex>"`` or ``"sha256:<hex>"``. An existing ``dest`` that verifies
@@ -187,15 +199,10 @@ def download_file(url: str, dest: Path, expected_size: int | None = None,
     exponential backoff, resuming the ``.part`` file. A complete file whose size or digest is
     wrong is deleted and fetched once more from scratch (this uses one retry); if it is still
     wrong, ``ChecksumError`` is raised and neither ``dest`` nor the ``.part`` file is left.
-    With ``download_dir``, ``dest`` must be a plain file name directly inside it.
+    With ``download_dir``, ``dest`` must be a plain file name directly inside it. ``transfer``
+    adds up the bytes moved over the network (prepare's summary).
     """
-    return _download(url, Path(dest), expected_size, checksum, retries, backoff_s, timeout_s,
-                     progress, chunk_bytes, download_dir, _Transfer())
-
-
-def _download(url: str, dest: Path, expected_size: int | None, checksum: str | None,
-              retries: int, backoff_s: float, timeout_s: float, progress: bool,
-              chunk_bytes: int, download_dir: Path | None, transfer: _Transfer) -> Path:
+    dest, transfer = Path(dest), transfer if transfer is not None else _Transfer()
     if download_dir is not None and dest.parent.resolve() != Path(download_dir).resolve():
         raise ValueError(f"refusing to write {dest}: it must be a plain file name directly inside "
                          f"{download_dir}")
@@ -359,10 +366,8 @@ def _download_remote(remote: RemoteFile, download_dir: Path, progress: bool,
     errors = []
     for url in remote.urls:
         try:
-            return _download(url, dest, remote.size_bytes, remote.checksum,
-                             options.get("retries", 5), options.get("backoff_s", 1.0),
-                             options.get("timeout_s", 60), progress,
-                             options.get("chunk_bytes", 1 << 20), download_dir, transfer)
+            return download_file(url, dest, remote.size_bytes, remote.checksum, progress=progress,
+                                 download_dir=download_dir, transfer=transfer, **options)
         except ChecksumError:
             raise
         except DownloadError as exc:
@@ -765,11 +770,8 @@ def _extract_cached(archive: Path, record: dict, extracted_root: Path,
                     max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES, max_ratio: float = DEFAULT_MAX_EXTRACT_RATIO) -> Path:
     """Extract once per archive content: the folder name carries the digest, and safe_extract's
     rename makes an existing folder a complete one."""
-    stem = archive.name
-    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    suffix = max((s for s in ARCHIVE_SUFFIXES if archive.name.lower().endswith(s)), key=len, default="")
+    stem = archive.name[: len(archive.name) - len(suffix)]  # the longest: x.tar.gz -> x, not x.tar
     digest = record["checksum"].partition(":")[2][:12]
     target = extracted_root / f"{stem}-{digest}"
     if target.is_dir() and any(target.iterdir()):
@@ -895,7 +897,7 @@ def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
     except (OSError, SyntaxError, ValueError, ImageRefused) as exc:
         log.debug("unreadable image %s: %s", src, exc)
         return "corrupt"
-    _link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
+    link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
     return "ok" if resolution is None or size == (resolution, resolution) else "unexpected_size"
 
 
@@ -905,14 +907,6 @@ def _save_resized(image: Image.Image, dest: Path, size: int) -> None:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     image.save(dest, format="PNG")
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    """Hardlink when possible (FFHQ is 89 GB; a second copy is wasteful), else copy."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
 
 
 def _copy_metadata(entry: DatasetEntry, from_dir: Path | None, raw_dir: Path) -> list[dict]:
@@ -927,7 +921,7 @@ def _copy_metadata(entry: DatasetEntry, from_dir: Path | None, raw_dir: Path) ->
         record = _archive_record(path, remote)
         dest = safe_dest(raw_dir, remote.filename)
         dest.unlink(missing_ok=True)
-        _link_or_copy(path, dest)
+        link_or_copy(path, dest)
         record["path"] = str(dest)
         records.append(record)
     return records
