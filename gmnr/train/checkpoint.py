@@ -145,6 +145,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def load_with_params(path: Path, map_location: str | torch.device = "cpu", needs: tuple[str, ...] = ("config",),
+                     kind: str = "checkpoint"):
+    """(the params a checkpoint or ``final.pt`` was trained with, its state): the one way to read
+    both, so every caller gets the same refusals. ``needs``: the entries the caller uses, named
+    with ``kind`` in the error when missing; the params are validated naming the file."""
+    from gmnr.config import validate
+    state = load_checkpoint(Path(path), map_location)
+    if any(key not in state for key in needs):
+        raise ValueError(f"{path}: not a gmnr {kind} (needs {' and '.join(map(repr, needs))})")
+    return validate(state["config"], source=f"{path} config"), state
+
+
 # -- resuming ------------------------------------------------------------------------------------
 _REQUIRED = {"G": Mapping, "D": Mapping, "G_ema": Mapping, "opt_G": Mapping, "opt_D": Mapping, "rng": Mapping,
              "step": int, "config": Mapping, "model": str}
