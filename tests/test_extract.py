@@ -13,16 +13,16 @@ import pytest
 from gmnr.data import download as dl
 
 
-def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
+def _tar(path: Path, files: dict[str, bytes], others: tuple[tarfile.TarInfo, ...] = ()) -> Path:
+    """An uncompressed tar of ``files`` (setuid, world-writable, dated 2 January 1970: what the
+    extraction must not apply) followed by ``others`` (links, devices, folders)."""
     with tarfile.open(path, "w") as tf:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                tf.addfile(member)
-            else:
-                name, data = member
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o4777, 86400
-                tf.addfile(info, io.BytesIO(data))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o4777, 86400
+            tf.addfile(info, io.BytesIO(data))
+        for info in others:
+            tf.addfile(info)
     return path
 
 
@@ -41,8 +41,9 @@ def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     (_special("blk", tarfile.BLKTYPE), "device or fifo"),
 ])
 def test_tar_members_the_data_filter_would_pass_or_word_otherwise_are_refused(tmp_path, member, reason):
-    archive = _tar(tmp_path / "a.tar", [("ok.txt", b"ok"), member if isinstance(member, tarfile.TarInfo)
-                                         else (member, b"x")])
+    special = isinstance(member, tarfile.TarInfo)
+    archive = _tar(tmp_path / "a.tar", {"ok.txt": b"ok", **({} if special else {member: b"x"})},
+                   (member,) if special else ())
     with pytest.raises(dl.UnsafeArchiveError) as info:
         dl.safe_extract(archive, tmp_path / "out")
     assert "a.tar" in str(info.value) and reason in str(info.value)
@@ -50,8 +51,8 @@ def test_tar_members_the_data_filter_would_pass_or_word_otherwise_are_refused(tm
 
 
 def test_tar_files_get_normalised_names_and_default_mode_and_time(tmp_path):
-    archive = _tar(tmp_path / "a.tar", [_special("./top", tarfile.DIRTYPE), ("./top//x.txt", b"x"),
-                                         ("top\\y.txt", b"yy"), ("./", b"")])
+    archive = _tar(tmp_path / "a.tar", {"./top//x.txt": b"x", "top\\y.txt": b"yy"},
+                   (_special("./top", tarfile.DIRTYPE), _special("./", tarfile.DIRTYPE)))
     files = dl.safe_extract(archive, tmp_path / "out")
     assert files == [tmp_path / "out" / "top" / "x.txt", tmp_path / "out" / "top" / "y.txt"]
     assert [f.read_bytes() for f in files] == [b"x", b"yy"]
