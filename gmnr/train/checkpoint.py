@@ -21,15 +21,18 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gmnr.io import atomic_write
 
+if TYPE_CHECKING:
+    from gmnr.config import Params
+
 PATTERN = re.compile(r"^step-(\d{9})\.pt$")
-# Temporary names: save_checkpoint's (with the writer's pid), the trainer's final.pt and the
-# atomic writers' (gmnr.io, gmnr.data.images) for train.json and the sample grids.
+# Temporary names gmnr.io.atomic_write gives: save_checkpoint's (with the writer's pid), and the
+# default ``.<name>.tmp`` of the trainer's final.pt, train.json and sample grids.
 _TMP_WITH_PID = re.compile(r"^\.step-\d{9}\.pt\.tmp-(\d+)$")
 _TMP_FIXED = re.compile(r"^\.(final\.pt|train\.json|[^/]+\.png)\.tmp$")
 
@@ -146,7 +149,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def load_with_params(path: Path, map_location: str | torch.device = "cpu", needs: tuple[str, ...] = ("config",),
-                     kind: str = "checkpoint"):
+                     kind: str = "checkpoint") -> tuple[Params, dict[str, Any]]:
     """(the params a checkpoint or ``final.pt`` was trained with, its state): the one way to read
     both, so every caller gets the same refusals. ``needs``: the entries the caller uses, named
     with ``kind`` in the error when missing; the params are validated naming the file."""
