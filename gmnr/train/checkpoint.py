@@ -102,9 +102,13 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep_last:
                                  f"(the last good one, {latest_checkpoint(folder) or 'none'}, is kept)")
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch names the archive inside after a path, and tmp's holds the pid
+            torch.save({**payload, "step": step}, f)
+
     # the pid in the temporary's name: _TMP_WITH_PID finds the ones a killed process left
-    atomic_write(final, lambda tmp: torch.save({**payload, "step": step}, tmp),
-                 tmp_name=f".{final.name}.tmp-{os.getpid()}", durable=True)
+    atomic_write(final, write, tmp_name=f".{final.name}.tmp-{os.getpid()}", durable=True)
     for _, old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return final
