@@ -3,7 +3,7 @@
 Why no download library: pooch (1.9) and fsspec (2026.9, installed) were weighed for fetch +
 checksum, and neither replaces the fetch below without losing what it is for. pooch streams
 into a temporary file that it deletes on any failure and always starts at byte 0, so it has no
-HTTP ``Range`` resume, the one thing a 90 GB FFHQ archive needs; the part it would replace is
+HTTP ``Range`` resume, the one thing a download of tens of gigabytes needs; what it would replace is
 the digest check (``file_digest``, a few lines of hashlib), and it brings requests, platformdirs
 and packaging. fsspec's HTTP needs aiohttp (not installed); its ``get`` rewrites the file from
 byte 0 and verifies nothing, and its ranged reads raise on a server that ignores ``Range``
