@@ -3,15 +3,15 @@
 Why no download library: pooch (1.9) and fsspec (2026.9, installed) were weighed for fetch +
 checksum, and neither replaces the fetch below without losing what it is for. pooch streams
 into a temporary file that it deletes on any failure and always starts at byte 0, so it has no
-HTTP ``Range`` resume, the one thing a download of tens of gigabytes needs; what it would replace is
-the digest check (``file_digest``, a few lines of hashlib), and it brings requests, platformdirs
-and packaging. fsspec's HTTP needs aiohttp (not installed); its ``get`` rewrites the file from
-byte 0 and verifies nothing, and its ranged reads raise on a server that ignores ``Range``
-where this module restarts from zero. Wrapping either would keep the whole resume layer (the
-offset, 206 against 200 against 416, the ``Content-Range`` check, the retry of a truncated
-body) and add a dependency to the environment that must fetch data before anything else is
-installed. So the fetch stays on stdlib ``urllib`` and the libraries do the rest: hashlib
-the digests, tarfile (PEP 706's ``data`` filter) the tar extraction.
+HTTP ``Range`` resume, the one thing a download of tens of gigabytes needs; what it would
+replace is the digest check (``file_digest``, a few lines of hashlib), and it brings requests,
+platformdirs and packaging. fsspec's HTTP needs aiohttp (not installed); its ``get`` rewrites
+the file from byte 0 and verifies nothing, and its ranged reads raise on a server that ignores
+``Range`` where this module restarts from zero. Wrapping either would keep the whole resume
+layer (the offset, 206 against 200 against 416, the ``Content-Range`` check, the retry of a
+truncated body) and add a dependency to the environment that must fetch data before anything
+else is installed. So the fetch stays on stdlib ``urllib`` and the libraries do the rest:
+hashlib the digests, tarfile (PEP 706's ``data`` filter) the tar extraction.
 
 Design choices and why:
   * Bytes go to ``<dest>.part`` and are renamed only after size and checksum verify, so a

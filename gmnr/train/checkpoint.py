@@ -104,7 +104,8 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep_last:
     final = checkpoint_path(folder, step)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: torch names the archive inside after a path, and tmp's holds the pid
+        # a file object: torch names the archive inside after a path, and tmp's holds the pid
+        with open(tmp, "wb") as f:
             torch.save({**payload, "step": step}, f)
 
     # the pid in the temporary's name: _TMP_WITH_PID finds the ones a killed process left
