@@ -351,15 +351,11 @@ def _check_options(options: dict[str, Any]) -> None:
         raise TypeError(f"unknown download option(s) {unknown}; allowed: {sorted(_DOWNLOAD_OPTIONS)}")
 
 
-def download_remote(remote: RemoteFile, download_dir: Path, progress: bool = True,
-                    **download_options: Any) -> Path:
+def download_remote(remote: RemoteFile, download_dir: Path, progress: bool = True, *,
+                    transfer: _Transfer | None = None, **download_options: Any) -> Path:
     """Fetch a registry file into ``download_dir``, trying its mirrors in order."""
     _check_options(download_options)
-    return _download_remote(remote, Path(download_dir), progress, download_options, _Transfer())
-
-
-def _download_remote(remote: RemoteFile, download_dir: Path, progress: bool,
-                     options: dict[str, Any], transfer: _Transfer) -> Path:
+    download_dir = Path(download_dir)
     if not remote.urls:
         raise ManualDownloadRequired(f"{remote.filename} has no direct download URL")
     dest = safe_dest(download_dir, remote.filename)
@@ -367,7 +363,7 @@ def _download_remote(remote: RemoteFile, download_dir: Path, progress: bool,
     for url in remote.urls:
         try:
             return download_file(url, dest, remote.size_bytes, remote.checksum, progress=progress,
-                                 download_dir=download_dir, transfer=transfer, **options)
+                                 download_dir=download_dir, transfer=transfer, **download_options)
         except ChecksumError:
             raise
         except DownloadError as exc:
@@ -698,7 +694,7 @@ def _acquire(entry: DatasetEntry, download_dir: Path, from_dir: Path | None, pro
     transfer = _Transfer()
     paths, records = [], []
     for remote in entry.archives:
-        path = _download_remote(remote, download_dir, progress, options, transfer)
+        path = download_remote(remote, download_dir, progress, transfer=transfer, **options)
         paths.append(path)
         records.append(_archive_record(path, remote))
     return _Sources(paths, [], records, "download", transfer.bytes)
