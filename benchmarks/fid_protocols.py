@@ -22,15 +22,14 @@ PROTOCOLS = ("torch-fidelity", "clean")
 def fids(checkpoint: Path, baseline: str | None, images: int | None, threads: int) -> dict:
     import torch
 
-    from gmnr.config import validate
     from gmnr.eval.evaluate import _load
     from gmnr.eval.metrics import EvalContext
     from gmnr.eval.metrics.fid import FIDKID
     from gmnr.eval.metrics.inception import load_extractor
-    from gmnr.train.checkpoint import load_checkpoint
+    from gmnr.train.checkpoint import load_with_params
 
     torch.set_num_threads(threads)
-    params = validate(load_checkpoint(checkpoint, map_location="cpu")["config"], source=f"{checkpoint} config")
+    params, _ = load_with_params(checkpoint)
     G, trained, _, weights = _load(params, checkpoint, baseline, torch.device("cpu"))
     cam, e = trained.model_camera(), trained.evaluate
     n_planes = trained.gmpi.planes_eval if trained.model in ("gmpi", "gmnr") else None

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gmnr.io import atomic_write
+
 
 def read_ground_truth(folder: Path) -> tuple[list[dict], list[str]]:
     """Rows of ground_truth.csv (numbers parsed) and the landmark names in column order."""
@@ -151,9 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.folder, args.yaw_limit_deg, args.batch, args.limit)
     print_report(report)
     path = args.report or args.folder / "synth_detection.json"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)),
+                 tmp_name=f".{path.name}.tmp{os.getpid()}")
     print(f"report: {path}")
     return 0
 

@@ -33,6 +33,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from gmnr.io import atomic_write
+
 RECORD_VERSION = 1
 # What a workflow engine leaves in a folder it lists as an output: Snakemake dates a folder output by
 # its `.snakemake_timestamp`. Replaced with the folder, never a reason to refuse it.
@@ -69,12 +71,8 @@ def _overlap(a: Path, b: Path) -> bool:
 
 
 def _atomic_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text), durable=True)  # the swap's record must survive a crash
 
 
 def _remove(path: Path) -> None:

@@ -1,18 +1,30 @@
 """Back end of ``gmnr download``: resumable verified downloads, safe extraction, dataset preparation.
 
+Why no download library: pooch (1.9) and fsspec (2026.9, installed) were weighed for fetch +
+checksum, and neither replaces the fetch below without losing what it is for. pooch streams
+into a temporary file that it deletes on any failure and always starts at byte 0, so it has no
+HTTP ``Range`` resume, the one thing a download of tens of gigabytes needs; what it would
+replace is the digest check (``file_digest``, a few lines of hashlib), and it brings requests,
+platformdirs and packaging. fsspec's HTTP needs aiohttp (not installed); its ``get`` rewrites
+the file from byte 0 and verifies nothing, and its ranged reads raise on a server that ignores
+``Range`` where this module restarts from zero. Wrapping either would keep the whole resume
+layer (the offset, 206 against 200 against 416, the ``Content-Range`` check, the retry of a
+truncated body) and add a dependency to the environment that must fetch data before anything
+else is installed. So the fetch stays on stdlib ``urllib`` and the libraries do the rest:
+hashlib the digests, tarfile (PEP 706's ``data`` filter) the tar extraction.
+
 Design choices and why:
-  * stdlib ``urllib`` only, so the downloader works in the minimal environment that fetches
-    the data before anything else is installed.
   * Bytes go to ``<dest>.part`` and are renamed only after size and checksum verify, so a
     file named like the archive is always complete; an interrupted transfer is resumed with
     an HTTP ``Range`` request instead of restarting a 90 GB download.
   * Archives are validated member by member before a single byte is written (no path
-    traversal, no links, no device nodes; tar members also pass tarfile's ``data`` filter) and
-    extracted into a temporary sibling folder that is renamed into place, so a crash never
-    leaves a half-extracted tree that looks complete. What they would expand to is capped
-    before extraction (``download.max_extract_bytes``, ``download.max_extract_ratio`` against
-    the archive's size, the free disk space) and counted again while writing, so a zip bomb is
-    refused instead of filling the disk.
+    traversal, no links, no device nodes; tar members also pass tarfile's ``data`` filter, which
+    tarfile applies again as it writes them) and extracted into a temporary sibling folder that
+    is renamed into place, so a crash never leaves a half-extracted tree that looks complete.
+    What they would expand to is capped before extraction (``download.max_extract_bytes``,
+    ``download.max_extract_ratio`` against the archive's size, the free disk space) and, for
+    zip, counted again while writing (tarfile writes exactly the declared sizes), so a zip bomb
+    is refused instead of filling the disk.
   * Prepared images are flat, sorted, stably named files under ``raw_dir/images`` plus a
     ``manifest.json`` that records where they came from, so later stages (landmarks, poses)
     can key on file names and audits can trace every image to its archive. They are staged and
@@ -46,18 +58,20 @@ from typing import Any, Iterator
 from PIL import Image
 from tqdm import tqdm
 
+from gmnr.data.images import DATASET_IMAGE_SUFFIXES, DEFAULT_MAX_PIXELS, ImageRefused, open_regular
 from gmnr.data.registry import (
     DatasetEntry,
     RemoteFile,
     WeightsEntry,
     get_dataset,
     get_weights,
-    validate_checksum_spec,
+    parse_checksum,
 )
+from gmnr.io import atomic_write, link_or_copy
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+_IMAGE_KINDS = "/".join(s[1:] for s in DATASET_IMAGE_SUFFIXES)  # "png/jpg/jpeg/webp", for messages
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 USER_AGENT = "gmnr-download/1.0 (python-urllib)"
 _MAX_BACKOFF_S = 60.0
@@ -105,15 +119,6 @@ class _Retryable(Exception):
 # --------------------------------------------------------------------------------------------
 # Checksums and file names
 # --------------------------------------------------------------------------------------------
-
-def parse_checksum(spec: str) -> tuple[str, str]:
-    """Split ``"md5:<hex>"`` / ``"sha256:<hex>"`` into (algorithm, lowercase hex digest)."""
-    algo, sep, digest = spec.strip().partition(":")
-    normalised = f"{algo.lower()}:{digest.lower()}" if sep else spec
-    validate_checksum_spec(normalised, "checksum")
-    algo, _, digest = normalised.partition(":")
-    return algo, digest
-
 
 def file_digest(path: Path, algo: str, chunk_bytes: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks so 90 GB archives do not need 90 GB of RAM."""
@@ -185,7 +190,7 @@ class _Transfer:
 def download_file(url: str, dest: Path, expected_size: int | None = None,
                   checksum: str | None = None, retries: int = 5, backoff_s: float = 1.0,
                   timeout_s: float = 60, progress: bool = True, chunk_bytes: int = 1 << 20,
-                  *, download_dir: Path | None = None) -> Path:
+                  *, download_dir: Path | None = None, transfer: _Transfer | None = None) -> Path:
     """Download ``url`` to ``dest`` with resume, retries and verification; return ``dest``.
 
     ``checksum`` is ``"md5:<hex>"`` or ``"sha256:<hex>"``. An existing ``dest`` that verifies
@@ -194,15 +199,10 @@ def download_file(url: str, dest: Path, expected_size: int | None = None,
     exponential backoff, resuming the ``.part`` file. A complete file whose size or digest is
     wrong is deleted and fetched once more from scratch (this uses one retry); if it is still
     wrong, ``ChecksumError`` is raised and neither ``dest`` nor the ``.part`` file is left.
-    With ``download_dir``, ``dest`` must be a plain file name directly inside it.
+    With ``download_dir``, ``dest`` must be a plain file name directly inside it. ``transfer``
+    adds up the bytes moved over the network (prepare's summary).
     """
-    return _download(url, Path(dest), expected_size, checksum, retries, backoff_s, timeout_s,
-                     progress, chunk_bytes, download_dir, _Transfer())
-
-
-def _download(url: str, dest: Path, expected_size: int | None, checksum: str | None,
-              retries: int, backoff_s: float, timeout_s: float, progress: bool,
-              chunk_bytes: int, download_dir: Path | None, transfer: _Transfer) -> Path:
+    dest, transfer = Path(dest), transfer if transfer is not None else _Transfer()
     if download_dir is not None and dest.parent.resolve() != Path(download_dir).resolve():
         raise ValueError(f"refusing to write {dest}: it must be a plain file name directly inside "
                          f"{download_dir}")
@@ -351,25 +351,19 @@ def _check_options(options: dict[str, Any]) -> None:
         raise TypeError(f"unknown download option(s) {unknown}; allowed: {sorted(_DOWNLOAD_OPTIONS)}")
 
 
-def download_remote(remote: RemoteFile, download_dir: Path, progress: bool = True,
-                    **download_options: Any) -> Path:
+def download_remote(remote: RemoteFile, download_dir: Path, progress: bool = True, *,
+                    transfer: _Transfer | None = None, **download_options: Any) -> Path:
     """Fetch a registry file into ``download_dir``, trying its mirrors in order."""
     _check_options(download_options)
-    return _download_remote(remote, Path(download_dir), progress, download_options, _Transfer())
-
-
-def _download_remote(remote: RemoteFile, download_dir: Path, progress: bool,
-                     options: dict[str, Any], transfer: _Transfer) -> Path:
+    download_dir = Path(download_dir)
     if not remote.urls:
         raise ManualDownloadRequired(f"{remote.filename} has no direct download URL")
     dest = safe_dest(download_dir, remote.filename)
     errors = []
     for url in remote.urls:
         try:
-            return _download(url, dest, remote.size_bytes, remote.checksum,
-                             options.get("retries", 5), options.get("backoff_s", 1.0),
-                             options.get("timeout_s", 60), progress,
-                             options.get("chunk_bytes", 1 << 20), download_dir, transfer)
+            return download_file(url, dest, remote.size_bytes, remote.checksum, progress=progress,
+                                 download_dir=download_dir, transfer=transfer, **download_options)
         except ChecksumError:
             raise
         except DownloadError as exc:
@@ -437,8 +431,10 @@ def safe_extract(archive: Path, target_dir: Path, max_bytes: int = DEFAULT_MAX_E
     nothing is written. So does an archive whose members add up to more than ``max_bytes``,
     more than ``max_ratio`` times the archive's own size, or more than the free disk space.
     Extraction goes to a hidden temporary sibling that is renamed onto ``target_dir`` at the
-    end; bytes are counted while writing too, so a member that yields more than its header
-    declared is refused and the partial extraction removed. ``target_dir`` must be absent or empty.
+    end. Tar members are written by tarfile itself under PEP 706's ``data`` filter (which
+    writes exactly the size a header declares); zip has no such filter, so its bytes are counted
+    while writing and a member that yields more than its header declared is refused and the
+    partial extraction removed. ``target_dir`` must be absent or empty.
     """
     archive, target_dir = Path(archive), Path(target_dir)
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
@@ -447,12 +443,12 @@ def safe_extract(archive: Path, target_dir: Path, max_bytes: int = DEFAULT_MAX_E
         with zipfile.ZipFile(archive) as zf:
             members = _validate_zip(archive, zf, target_dir)
             _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
-            return _extract_members(members, target_dir, lambda m: zf.open(m.handle), archive)
+            return _extract_staged(members, target_dir, lambda staging: _write_zip(archive, zf, members, staging))
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
             members = _validate_tar(archive, tf, target_dir)
             _check_expansion(archive, members, target_dir, max_bytes, max_ratio)
-            return _extract_members(members, target_dir, lambda m: tf.extractfile(m.handle), archive)
+            return _extract_staged(members, target_dir, lambda staging: _write_tar(archive, tf, members, staging))
     raise ValueError(f"{archive} is neither a zip nor a tar archive")
 
 
@@ -518,57 +514,79 @@ def _validate_zip(archive: Path, zf: zipfile.ZipFile, target_dir: Path) -> list[
 
 
 def _validate_tar(archive: Path, tf: tarfile.TarFile, target_dir: Path) -> list[_Member]:
+    """Refuse the whole archive on its first unsafe member, before anything is written. PEP 706's
+    data filter judges devices, fifos and escapes; our rules on top are stricter: no links at all
+    (the filter allows links that stay inside), no absolute names (the filter strips the '/') and
+    no '..' component even when it stays inside (the filter allows 'a/../b')."""
     members = []
     for info in tf.getmembers():
         if info.issym() or info.islnk():
             raise UnsafeArchiveError(archive, info.name, f"is a {'symbolic' if info.issym() else 'hard'} "
                                      f"link to {info.linkname!r}")
-        if info.ischr() or info.isblk() or info.isfifo():
-            raise UnsafeArchiveError(archive, info.name, "is a device or fifo")
-        if not (info.isreg() or info.isdir()):
-            raise UnsafeArchiveError(archive, info.name, f"has unsupported tar type {info.type!r}")
         relpath = _safe_relpath(archive, info.name, target_dir)
-        try:  # and the stdlib's own rules for untrusted archives (PEP 706) on top of ours
+        try:
             tarfile.data_filter(info, str(target_dir))
+        except tarfile.SpecialFileError:
+            raise UnsafeArchiveError(archive, info.name, "is a device or fifo") from None
         except tarfile.FilterError as exc:
             raise UnsafeArchiveError(archive, info.name, f"is refused by tarfile's data filter ({exc})") from None
-        if relpath is not None:
-            members.append(_Member(relpath, info.isdir(), info))
+        if not (info.isreg() or info.isdir()):  # tarfile would write an unknown type as a regular file
+            raise UnsafeArchiveError(archive, info.name, f"has unsupported tar type {info.type!r}")
+        if relpath is not None:  # written under the normalised name ('a\\b' and './a//b' as 'a/b')
+            members.append(_Member(relpath, info.isdir(), info.replace(name=relpath.as_posix(), deep=False)))
     return members
 
 
-def _extract_members(members: list[_Member], target_dir: Path, open_member, archive: Path) -> list[Path]:
+def _tar_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """PEP 706's ``data`` filter, leaving mode and time to the system's defaults as for any new
+    file (what the extraction wrote before tarfile did it), not the archive's."""
+    return tarfile.data_filter(member, dest).replace(mode=None, mtime=None, deep=False)
+
+
+def _write_tar(archive: Path, tf: tarfile.TarFile, members: list[_Member], staging: Path) -> None:
+    """tarfile writes the validated members, applying the data filter once more as it goes."""
+    try:
+        tf.extractall(staging, members=[m.handle for m in members], filter=_tar_data_filter)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(archive, exc.tarinfo.name, f"is refused by tarfile's data filter ({exc})") from None
+
+
+def _write_zip(archive: Path, zf: zipfile.ZipFile, members: list[_Member], staging: Path) -> None:
+    for member in members:
+        out = staging.joinpath(*member.relpath.parts)
+        if member.is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        declared = _member_size(member)
+        with zf.open(member.handle) as src, open(out, "wb") as dst:
+            written = 0
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > declared:  # never trust a header for how much will come out
+                    raise UnsafeArchiveError(archive, str(member.relpath), f"yields more than the {declared} "
+                                             f"bytes its header declares")
+                dst.write(chunk)
+
+
+def _extract_staged(members: list[_Member], target_dir: Path, write_members) -> list[Path]:
+    """``write_members(staging)`` into a hidden sibling that is renamed onto ``target_dir`` when
+    complete and removed when not; returns the extracted files."""
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     # A killed extraction leaves .<name>.partial-* behind; the next one removes them (they are ours).
     for stale in target_dir.parent.glob(f".{target_dir.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = target_dir.parent / f".{target_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
-    files = []
     try:
-        for member in members:
-            out = staging.joinpath(*member.relpath.parts)
-            if member.is_dir:
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            declared = _member_size(member)
-            with open_member(member) as src, open(out, "wb") as dst:
-                written = 0
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > declared:  # never trust a header for how much will come out
-                        raise UnsafeArchiveError(archive, str(member.relpath), f"yields more than the {declared} "
-                                                 f"bytes its header declares")
-                    dst.write(chunk)
-            files.append(member.relpath)
+        write_members(staging)
         if target_dir.exists():
             target_dir.rmdir()  # checked empty above
         os.replace(staging, target_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted({target_dir.joinpath(*rel.parts) for rel in files})
+    return sorted({target_dir.joinpath(*m.relpath.parts) for m in members if not m.is_dir})
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,7 +623,6 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
     summarises counts, bytes downloaded and seconds. ``raw_dir/images``, the manifest and the
     metadata files are staged and swapped in together (:mod:`gmnr.staging`).
     """
-    from gmnr.data.images import DEFAULT_MAX_PIXELS
     from gmnr.staging import StagedOutput
     entry = name if isinstance(name, DatasetEntry) else get_dataset(name)
     _check_options(download_options)
@@ -622,7 +639,7 @@ def prepare_dataset(name: str | DatasetEntry, raw_dir: Path, download_dir: Path,
                                      max_extract_ratio))
     images = _collect_images(roots, entry.subset)
     if not images:
-        raise FileNotFoundError(f"{entry.name}: no png/jpg/jpeg/webp images found under "
+        raise FileNotFoundError(f"{entry.name}: no {_IMAGE_KINDS} images found under "
                                 f"{', '.join(map(str, roots))}" + _subset_hint(entry))
     names = flat_names([rel for _, rel in images])
     with staged:
@@ -677,7 +694,7 @@ def _acquire(entry: DatasetEntry, download_dir: Path, from_dir: Path | None, pro
     transfer = _Transfer()
     paths, records = [], []
     for remote in entry.archives:
-        path = _download_remote(remote, download_dir, progress, options, transfer)
+        path = download_remote(remote, download_dir, progress, transfer=transfer, **options)
         paths.append(path)
         records.append(_archive_record(path, remote))
     return _Sources(paths, [], records, "download", transfer.bytes)
@@ -705,12 +722,12 @@ def _sources_from_user(entry: DatasetEntry, from_dir: Path) -> _Sources:
                     "checked against a published checksum", entry.name, [p.name for p in others])
         return _Sources(others, [], [_archive_record(p, None) for p in others], "from_dir")
     if not entry.archives:  # a custom folder: any archive or image would have done
-        raise FileNotFoundError(f"--from {from_dir}: no images (png/jpg/jpeg/webp, searched recursively; hidden "
+        raise FileNotFoundError(f"--from {from_dir}: no images ({_IMAGE_KINDS}, searched recursively; hidden "
                                 f"folders skipped) and no archive ({', '.join(sorted(ARCHIVE_SUFFIXES))}) found "
                                 f"for dataset {entry.name}; nothing written")
     expected = ", ".join(r.filename for r in entry.archives) or "no fixed archive name"
     raise FileNotFoundError(f"--from {from_dir}: holds neither the archive(s) of {entry.name} "
-                            f"({expected}) nor any png/jpg/jpeg/webp images{_subset_hint(entry)}")
+                            f"({expected}) nor any {_IMAGE_KINDS} images{_subset_hint(entry)}")
 
 
 def _archive_record(path: Path, remote: RemoteFile | None) -> dict:
@@ -749,11 +766,8 @@ def _extract_cached(archive: Path, record: dict, extracted_root: Path,
                     max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES, max_ratio: float = DEFAULT_MAX_EXTRACT_RATIO) -> Path:
     """Extract once per archive content: the folder name carries the digest, and safe_extract's
     rename makes an existing folder a complete one."""
-    stem = archive.name
-    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    suffix = max((s for s in ARCHIVE_SUFFIXES if archive.name.lower().endswith(s)), key=len, default="")
+    stem = archive.name[: len(archive.name) - len(suffix)]  # the longest: x.tar.gz -> x, not x.tar
     digest = record["checksum"].partition(":")[2][:12]
     target = extracted_root / f"{stem}-{digest}"
     if target.is_dir() and any(target.iterdir()):
@@ -784,7 +798,7 @@ def _walk_images(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
         for filename in sorted(filenames):
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
+            if not filename.startswith(".") and Path(filename).suffix.lower() in DATASET_IMAGE_SUFFIXES:
                 yield Path(dirpath) / filename
 
 
@@ -860,7 +874,6 @@ def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
     without decoding); other formats are fully decoded because ``verify()`` does not check them.
     Only regular files are opened, and the pixel count in the header is checked before decoding.
     """
-    from gmnr.data.images import ImageRefused, open_regular
     src, out_dir, stem, resize_to, resolution, max_pixels = job
     try:
         with open_regular(src) as f, Image.open(f) as image:
@@ -880,7 +893,7 @@ def _process_image(job: tuple[Path, Path, str, int | None, int, int]) -> str:
     except (OSError, SyntaxError, ValueError, ImageRefused) as exc:
         log.debug("unreadable image %s: %s", src, exc)
         return "corrupt"
-    _link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
+    link_or_copy(src, out_dir / f"{stem}{src.suffix.lower()}")
     return "ok" if resolution is None or size == (resolution, resolution) else "unexpected_size"
 
 
@@ -890,14 +903,6 @@ def _save_resized(image: Image.Image, dest: Path, size: int) -> None:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     image.save(dest, format="PNG")
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    """Hardlink when possible (FFHQ is 89 GB; a second copy is wasteful), else copy."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
 
 
 def _copy_metadata(entry: DatasetEntry, from_dir: Path | None, raw_dir: Path) -> list[dict]:
@@ -912,7 +917,7 @@ def _copy_metadata(entry: DatasetEntry, from_dir: Path | None, raw_dir: Path) ->
         record = _archive_record(path, remote)
         dest = safe_dest(raw_dir, remote.filename)
         dest.unlink(missing_ok=True)
-        _link_or_copy(path, dest)
+        link_or_copy(path, dest)
         record["path"] = str(dest)
         records.append(record)
     return records
@@ -946,8 +951,5 @@ def _write_manifest(entry: DatasetEntry, raw_dir: Path, sources: _Sources, from_
         "bytes_downloaded": sources.bytes_downloaded,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = raw_dir / "manifest.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(manifest, indent=2) + "\n"
+    return atomic_write(raw_dir / "manifest.json", lambda tmp: tmp.write_text(text), tmp_name="manifest.json.tmp")

@@ -25,7 +25,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from gmnr.io import atomic_write
+
+# The one list of image file types. ``gmnr download`` collects the formats face datasets ship in;
+# the stages also read BMP, which a user's own photos may be (download keeps its narrower list so
+# a dataset prepares the same files it always did).
+DATASET_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = (*DATASET_IMAGE_SUFFIXES, ".bmp")
 DEFAULT_MAX_PIXELS = 25_000_000  # params images.max_pixels; 5000 x 5000, far above any face dataset
 
 
@@ -194,10 +200,7 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
     """Write a PNG through a temporary name so a killed stage never leaves half a file."""
     import imageio.v3 as iio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    iio.imwrite(tmp, image, extension=".png")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
 
 
 def relative_name(path: Path, folder: Path) -> str:

@@ -44,17 +44,23 @@ class UnknownEntryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def validate_checksum_spec(spec: str | None, where: str) -> None:
-    """Reject malformed ``"algo:hexdigest"`` strings at import time, not mid-download."""
-    if spec is None:
-        return
-    match = _CHECKSUM_RE.match(spec)
+def parse_checksum(spec: str, where: str = "checksum", *, exact: bool = False) -> tuple[str, str]:
+    """Split ``"md5:<hex>"`` / ``"sha256:<hex>"`` into (algorithm, lowercase hex digest), or raise
+    ``ValueError`` naming ``where``. A checksum handed to a download may be in any case; the
+    registry's own entries are checked ``exact`` (lowercase, as written), at import time rather
+    than mid-download."""
+    text = spec
+    if not exact:
+        algo, sep, digest = spec.strip().partition(":")
+        text = f"{algo.lower()}:{digest.lower()}" if sep else spec
+    match = _CHECKSUM_RE.match(text)
     if not match:
-        raise ValueError(f"{where}: checksum {spec!r} must look like 'md5:<hex>' or 'sha256:<hex>'")
+        raise ValueError(f"{where}: checksum {text!r} must look like 'md5:<hex>' or 'sha256:<hex>'")
     algo, digest = match.groups()
     if len(digest) != _DIGEST_HEX_LEN[algo]:
         raise ValueError(
             f"{where}: {algo} digest must have {_DIGEST_HEX_LEN[algo]} hex digits, got {len(digest)}")
+    return algo, digest
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ class RemoteFile:
             raise ValueError(f"RemoteFile.filename {self.filename!r} must be a plain file name")
         if self.size_bytes is not None and self.size_bytes <= 0:
             raise ValueError(f"{self.filename}: size_bytes must be positive, got {self.size_bytes}")
-        validate_checksum_spec(self.checksum, self.filename)
+        if self.checksum is not None:
+            parse_checksum(self.checksum, self.filename, exact=True)
         if self.checksum is None and not self.checksum_note:
             raise ValueError(f"{self.filename}: checksum is None, so checksum_note must say why")
 

@@ -76,10 +76,8 @@ def _load(params: Params, checkpoint: Path, baseline: str | None, device):
         return G, trained, state, f"{checkpoint} (step {state.get('step')})"
     trained, state = params, {}
     if Path(checkpoint).is_file():  # the architecture the checkpoint was trained with
-        from gmnr.config import validate
-        from gmnr.train.checkpoint import load_checkpoint
-        state = load_checkpoint(Path(checkpoint), map_location="cpu")
-        trained = validate(state["config"], source=f"{checkpoint} config")
+        from gmnr.train.checkpoint import load_with_params
+        trained, state = load_with_params(checkpoint)
         state = {"mlflow_run_id": state.get("mlflow_run_id", ""), "step": 0}
     torch.manual_seed(trained.seed)  # as the trainer does right before building G
     G = build_generator(trained)
@@ -100,9 +98,8 @@ def _load(params: Params, checkpoint: Path, baseline: str | None, device):
 def baselines_of(checkpoint: Path) -> list[str]:
     """The baselines a checkpoint's evaluation reports beside it: always the untrained ``init``,
     and ``pretrained`` when its run started from pretrained weights."""
-    from gmnr.config import validate
-    from gmnr.train.checkpoint import load_checkpoint
-    trained = validate(load_checkpoint(Path(checkpoint))["config"], source=f"{checkpoint} config")
+    from gmnr.train.checkpoint import load_with_params
+    trained, _ = load_with_params(checkpoint)
     return ["init", "pretrained"] if has_pretrained_start(trained) else ["init"]
 
 

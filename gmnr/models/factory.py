@@ -127,14 +127,8 @@ def load_generator(path, device: torch.device | str = "cpu", inference_vdr: str 
     """The EMA generator of a ``final.pt`` (or of a training checkpoint), in eval mode, with the
     params it was trained with. Loaded with ``weights_only=True``: no code from the file runs.
     ``inference_vdr``: see :func:`set_inference_vdr`."""
-    from pathlib import Path
-
-    from gmnr.config import validate
-    from gmnr.train.checkpoint import load_checkpoint
-    state = load_checkpoint(Path(path), map_location=device)
-    if "G_ema" not in state or "config" not in state:
-        raise ValueError(f"{path}: not a gmnr generator checkpoint (needs 'G_ema' and 'config')")
-    params = validate(state["config"], source=f"{path} config")
+    from gmnr.train.checkpoint import load_with_params
+    params, state = load_with_params(path, device, needs=("G_ema", "config"), kind="generator checkpoint")
     G = build_generator(params).to(device)
     G.load_state_dict(state["G_ema"])
     return set_inference_vdr(G, inference_vdr).eval().requires_grad_(False), params, state

@@ -244,10 +244,8 @@ def pass_through(table: pd.DataFrame, image_dir: Path, out_images: Path) -> pd.D
     """``align.mode: off`` (datasets that are aligned already): the ``ok`` rows' images are linked
     (hard links; copies across file systems) into ``out_images`` under their own ids, and the
     table is kept as it is, so pose and pack read one place whatever the mode."""
-    import os
-    import shutil
-
     from gmnr.data.images import image_root
+    from gmnr.io import link_or_copy
     root = image_root(image_dir)
     out = table.copy()
     out["source_file"] = out["file"]
@@ -256,10 +254,7 @@ def pass_through(table: pd.DataFrame, image_dir: Path, out_images: Path) -> pd.D
         target = out_images / file
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            try:
-                os.link(root / file, target)
-            except OSError:  # another file system, or links not allowed: a copy costs only space
-                shutil.copy2(root / file, target)
+            link_or_copy(root / file, target)
         except OSError as exc:  # vanished since the landmarks stage: skipped and counted, like any bad input
             out.at[i, "status"], out.at[i, "error"] = "unreadable", f"at align: {type(exc).__name__}: {exc}"[:300]
     for column in ("eye_to_mouth_px", "crop_side_px", "outside_fraction"):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from gmnr.data.face_layout import LANDMARK_NAMES
+from gmnr.io import atomic_write
 from gmnr.data.images import IMAGE_SUFFIXES, ImagePolicy, ImageRefused, list_images, read_image, relative_name, unique_names
 
 KEYPOINT_COLUMNS = [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")]
@@ -286,8 +287,4 @@ def draw_contact_sheet(image_dir: Path, table: pd.DataFrame, out_path: Path, n: 
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)
         draw.text((3, 3), row.status, fill=(255, 255, 255))
         sheet.paste(img, ((k % cols) * tile, (k // cols) * tile))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(out_path)
-    return out_path
+    return atomic_write(out_path, lambda tmp: sheet.save(tmp, format="PNG"))

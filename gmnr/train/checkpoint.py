@@ -21,13 +21,18 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gmnr.io import atomic_write
+
+if TYPE_CHECKING:
+    from gmnr.config import Params
+
 PATTERN = re.compile(r"^step-(\d{9})\.pt$")
-# Temporary names: save_checkpoint's (with the writer's pid), the trainer's final.pt and the
-# atomic writers' (gmnr.io, gmnr.data.images) for train.json and the sample grids.
+# Temporary names gmnr.io.atomic_write gives: save_checkpoint's (with the writer's pid), and the
+# default ``.<name>.tmp`` of the trainer's final.pt, train.json and sample grids.
 _TMP_WITH_PID = re.compile(r"^\.step-\d{9}\.pt\.tmp-(\d+)$")
 _TMP_FIXED = re.compile(r"^\.(final\.pt|train\.json|[^/]+\.png)\.tmp$")
 
@@ -97,12 +102,14 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep_last:
                                  f"(the last good one, {latest_checkpoint(folder) or 'none'}, is kept)")
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({**payload, "step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        # a file object: torch names the archive inside after a path, and tmp's holds the pid
+        with open(tmp, "wb") as f:
+            torch.save({**payload, "step": step}, f)
+
+    # the pid in the temporary's name: _TMP_WITH_PID finds the ones a killed process left
+    atomic_write(final, write, tmp_name=f".{final.name}.tmp-{os.getpid()}", durable=True)
     for _, old in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return final
@@ -144,6 +151,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict):
         raise RuntimeError(f"{path}: not a gmnr checkpoint (holds a {type(state).__name__}, not a dict)")
     return state
+
+
+def load_with_params(path: Path, map_location: str | torch.device = "cpu", needs: tuple[str, ...] = ("config",),
+                     kind: str = "checkpoint") -> tuple[Params, dict[str, Any]]:
+    """(the params a checkpoint or ``final.pt`` was trained with, its state): the one way to read
+    both, so every caller gets the same refusals. ``needs``: the entries the caller uses, named
+    with ``kind`` in the error when missing; the params are validated naming the file."""
+    from gmnr.config import validate
+    state = load_checkpoint(Path(path), map_location)
+    if any(key not in state for key in needs):
+        raise ValueError(f"{path}: not a gmnr {kind} (needs {' and '.join(map(repr, needs))})")
+    return validate(state["config"], source=f"{path} config"), state
 
 
 # -- resuming ------------------------------------------------------------------------------------

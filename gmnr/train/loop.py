@@ -276,13 +276,11 @@ class Trainer:
         return path
 
     def save_final(self) -> Path:
-        path = self.run_dir / "final.pt"
-        tmp = path.with_name(".final.pt.tmp")
-        torch.save({"G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),  # D: to start another run from
-                    "config": self.params.model_dump(mode="json"),
-                    "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}, tmp)
-        tmp.replace(path)
-        return path
+        from gmnr.io import atomic_write
+        final = {"G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),  # D: to start another run from
+                 "config": self.params.model_dump(mode="json"),
+                 "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}
+        return atomic_write(self.run_dir / "final.pt", lambda tmp: torch.save(final, tmp))
 
 
 # Params that change how a run is executed or recorded, not what it computes: a checkpoint written

@@ -10,6 +10,7 @@ light from step 1000 on (:class:`Shading`). GMNR adds a view-consistency term
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,18 @@ class ViewConsistency:
                                     "consistency_valid": valid.float().mean().detach()}
 
 
+def r1_penalty(score: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, gamma: float,
+               interval: int) -> tuple[torch.Tensor, dict]:
+    """gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the interval when it is lazy (StyleGAN2), and
+    the mean penalty for logging. ``score`` maps images [B, 3, H, W] to logits [B]: each loss passes
+    its own discriminator call (GMPI's with camera labels, MVCGAN's dropping the pose head), so the
+    penalty itself is computed in one place. The caller's ``real`` is not modified."""
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(score(real).sum(), real, create_graph=True)
+    penalty = grad.square().sum(dim=[1, 2, 3])
+    return (gamma / 2) * penalty.mean() * interval, {"r1_penalty": penalty.detach().mean()}
+
+
 class GMPILoss:
     """``label_frame``: the cam2world [4, 4] of the frame D's camera labels are expressed in (GMPI's
     world frame is its canonical camera's)."""
@@ -186,11 +199,5 @@ class GMPILoss:
                       "logits_fake": logits_fake.detach().mean()}
 
     def r1_loss(self, real: torch.Tensor, real_cam2world: torch.Tensor, interval: int) -> tuple[torch.Tensor, dict]:
-        """gamma/2 * E||grad_x D(x)||^2 on reals (GMPI: ``0.5 * r1_lambda * ||grad||^2``, every step),
-        scaled by the interval when it is lazy (StyleGAN2)."""
-        real = real.detach().requires_grad_(True)
-        logits = self._score(real, real_cam2world)
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        penalty = grad.square().sum(dim=[1, 2, 3])
-        loss = (self.r1_gamma / 2) * penalty.mean() * interval
-        return loss, {"r1_penalty": penalty.detach().mean()}
+        """R1 on reals (GMPI: ``0.5 * r1_lambda * ||grad||^2``, every step); see :func:`r1_penalty`."""
+        return r1_penalty(lambda x: self._score(x, real_cam2world), real, self.r1_gamma, interval)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from gmnr.render.camera import cam2world_to_pose
 from gmnr.render.warp import backward_warp, photometric_loss
-from gmnr.train.losses import PosePrior
+from gmnr.train.losses import PosePrior, r1_penalty
 
 Tensor = torch.Tensor
 
@@ -165,9 +165,5 @@ class MVCGANLoss:
         return loss, stats
 
     def r1_loss(self, real: Tensor, real_cam2world: Tensor, interval: int) -> tuple[Tensor, dict]:
-        """gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the lazy interval."""
-        real = real.detach().requires_grad_(True)
-        logits, _ = self._score(real)
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        penalty = grad.square().sum(dim=[1, 2, 3])
-        return (self.r1_gamma / 2) * penalty.mean() * interval, {"r1_penalty": penalty.detach().mean()}
+        """R1 on reals, from the logits alone (the pose head takes no part); see :func:`r1_penalty`."""
+        return r1_penalty(lambda x: self._score(x)[0], real, self.r1_gamma, interval)

@@ -38,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from gmnr.io import atomic_write
+
 FEATURE_DIM = 2048
 CLEANFID_FILE = "inception-2015-12-05.pt"
 
@@ -284,7 +286,5 @@ def image_features(extractor: Extractor, images: np.ndarray, cache_dir: Path | N
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+    # per process (several evaluations may share a cache), and ending in .npy so np.save adds nothing
+    atomic_write(path, lambda tmp: np.save(tmp, array), tmp_name=f".{path.name}.{os.getpid()}.tmp.npy")
