@@ -1,13 +1,14 @@
 """`gmnr evaluate`: every metric of GMPI's protocol for one checkpoint, or for one of its baselines
 (the architecture untrained, ``--init``; the weights a pretrained run started from,
-``--pretrained``), written to ``metrics.json`` and logged as one MLflow run of the stage ``evaluate``.
+``--pretrained``), written to one JSON report and logged as one MLflow run of the stage ``evaluate``.
 
 Reads: the checkpoint (default ``<runs>/<dataset>/<model>/final.pt``) and the packed training set
-(default ``<processed>/<dataset>``). Writes: ``<runs>/<dataset>/<model>/metrics.json``
-(``metrics_<baseline>.json`` for a baseline) and a cache of the training set's Inception features
+(default ``<processed>/<dataset>``). Writes: the report (``gmnr evaluate --output``, by default
+``<reports>/<dataset>/evaluate/<run>.json``, what dvc.yaml's evaluate stage passes;
+``<run>-<baseline>.json`` for a baseline) and a cache of the training set's Inception features
 under ``<runs>/<dataset>/.cache/`` (keyed by the extractor file and the images' bytes).
 
-metrics.json::
+The report::
 
     {"metrics": {"fid", "kid", "identity_similarity", "depth_mse", "pose_mse", "fps",
                  "n_generated", "face_detection_rate", ...counts and timings},
@@ -108,10 +109,11 @@ def has_pretrained_start(params: Params) -> bool:
     return bool(params.gmpi.pretrained) and params.model != "mvcgan"
 
 
-def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | None = None,
+def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path,
              baseline: str | None = None, progress: bool = True, reference: Params | None = None,
              ablation_name: str | None = None) -> dict:
     """Every metric for the checkpoint (``baseline`` None) or one of its :data:`BASELINES`.
+    ``output``: the report's path (the CLI's default: ``<reports>/<dataset>/evaluate/<run>.json``).
     ``reference``: the params the run is labelled against (default: the project's params.yaml);
     ``ablation_name``: the named ablation it belongs to (:func:`run_labels`)."""
     import torch
@@ -132,8 +134,6 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path | No
     device = torch.device("cuda" if e.device != "cpu" and torch.cuda.is_available() else "cpu")
     G, trained, state, weights = _load(params, checkpoint, baseline, device)
     trained = trained.model_copy(update={"evaluate": e})  # evaluation settings: today's params
-    run_dir = Path(params.paths.runs) / trained.dataset_name() / trained.model
-    output = output or run_dir / (f"metrics_{baseline}.json" if baseline else "metrics.json")
     cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
     ctx = EvalContext(resolution=trained.training_resolution(), fov_deg=cam.fov_deg, radius=cam.radius,
                       center=tuple(cam.center), yaw_std=cam.yaw_std, pitch_std=cam.pitch_std,

@@ -301,12 +301,14 @@ def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike, dty
     payload = {"G_ema": convert(state["G_ema"]), "D": convert(state["D"]), "config": state.get("config"),
                "model": state.get("model"), "step": state.get("step"), "dtype": dtype,
                "source_sha256": hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()}
-    output = os.fspath(output)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:  # a file object: the archive's inner name does not depend on tmp's name
-        torch.save(payload, f)
-    os.replace(tmp, output)
+    from pathlib import Path
+
+    from gmnr.io import atomic_write
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: the archive's inner name does not depend on tmp's name
+            torch.save(payload, f)
+    output = os.fspath(atomic_write(Path(output), save, tmp_name=f"{Path(output).name}.tmp-{os.getpid()}"))
     data = open(output, "rb").read()
     return {"output": output, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
             "parameters": sum(v.numel() for part in ("G_ema", "D") for v in payload[part].values()),

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from gmnr.data.face_layout import LANDMARK_NAMES
+from gmnr.io import atomic_write
 from gmnr.data.synth.head import head_landmarks_3d
 from gmnr.data.synth.sampling import sample_head
 from gmnr.data.synth.tracer import render_head
@@ -68,11 +69,12 @@ def render_view(seed: int, index: int, resolution: int, camera: SynthCamera,
 
 
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    """``write(f)`` into a binary file that appears at ``path`` whole (gmnr.io.atomic_write; a temporary
+    per process, as before)."""
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+    atomic_write(path, write_file, tmp_name=f".{path.name}.tmp{os.getpid()}")
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
