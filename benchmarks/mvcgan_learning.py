@@ -8,8 +8,8 @@ script.
     python benchmarks/mvcgan_learning.py --steps 4000 --every 500 --threads 1
 
 Needs the packed demo set (``snakemake --cores all pack``). Trains into
-``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own, with its own copy of the packed set: nothing of
-the pipeline's is touched, and a pipeline run beside it cannot change its data;
+``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own, with its own copy of the packed set in
+``mvcgan-<variant>-<steps>-data/`` beside it: nothing of the pipeline's is touched, and a pipeline run beside it cannot change its data;
 a killed run resumes from its last checkpoint when the command is repeated), writes
 ``benchmarks/results/mvcgan_learning-<variant>-<steps>.{json,png}``. The sample grids training writes every
 ``--every`` steps are in the run folder's ``samples/``; the final generator's videos, depth videos and grid
@@ -94,7 +94,7 @@ def main() -> None:
     # Train and measure on a copy of the packed set made at the first start: a pipeline run beside this one
     # (which repacks data/processed/demo when its inputs change, swapping the folder whole) would otherwise
     # pull the images from under the trainer, and a resumed run would see other images than its start.
-    packed = snapshot_packed_set(load_params(ROOT / "params.yaml"), out / "data")
+    packed = snapshot_packed_set(load_params(ROOT / "params.yaml"), out.with_name(f"{name}-data"))  # beside the run
     overrides = [f"paths.processed={packed}", "model=mvcgan", f"train.steps={args.steps}",
                  f"train.checkpoint_every={args.every}",
                  f"train.sample_every={args.every}", f"train.keep_last={args.steps // args.every + 1}",
