@@ -12,8 +12,9 @@ Needs the packed demo set (``snakemake --cores all pack``). Trains into
 ``mvcgan-<variant>-<steps>-data/`` beside it: nothing of the pipeline's is touched, and a pipeline run beside it cannot change its data;
 a killed run resumes from its last checkpoint when the command is repeated), writes
 ``benchmarks/results/mvcgan_learning-<variant>-<steps>.{json,png}``. The sample grids training writes every
-``--every`` steps are in the run folder's ``samples/``; the final generator's videos, depth videos and grid
-(``gmnr render``) in its ``render/``.
+``--every`` steps are in the run folder's ``samples/`` (the last one copied to ``...-grid.png``); the final
+generator's videos, depth videos and grid (``gmnr render``) in its ``render/`` (five frames of its depth sweep in
+``...-depth.png``).
 """
 from __future__ import annotations
 
@@ -55,6 +56,22 @@ def snapshot_packed_set(params, folder: Path) -> Path:
         shutil.copytree(source, staging)
         staging.rename(target)
     return folder
+
+
+def figures(run: Path, stem: Path) -> None:
+    """Beside the curve: the last training sample grid (latents x views of G_ema) as ``<stem>-grid.png``,
+    and five frames of the final generator's depth sweep (``gmnr render``'s sweep_depth.gif) stacked as
+    ``<stem>-depth.png``: does the field put a head in front of a background?"""
+    import shutil
+
+    import imageio.v3 as iio
+    import numpy as np
+    grids = sorted((run / "samples").glob("step-*.png"))
+    if grids:
+        shutil.copyfile(grids[-1], stem.with_name(stem.name + "-grid.png"))
+    depth = iio.imread(run / "render" / "sweep_depth.gif")
+    frames = [depth[i][..., :3] for i in np.linspace(0, len(depth) - 1, 5).round().astype(int)]
+    iio.imwrite(stem.with_name(stem.name + "-depth.png"), np.concatenate(frames, 0)[::2, ::2])
 
 
 def plot(curve: list[tuple[int, float]], init: float, title: str, path: Path) -> None:
@@ -131,6 +148,7 @@ def main() -> None:
         render += ["-S", o]
     if subprocess.run(render, cwd=ROOT).returncode != 0:
         raise SystemExit(f"{name}: render failed")
+    figures(out, results / f"mvcgan_learning-{args.variant}-{args.steps}")
     print(json.dumps(result), flush=True)
 
 
