@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+                      WithJsonSchema, field_validator, model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -20,7 +20,19 @@ SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
 # custom: a folder (or archive) of the user's own photos (download.from_dir), named by custom_name
 DatasetName = Literal["demo", "ffhq256", "ffhq512", "ffhq1024", "afhqcat", "metfaces", "celebahq", "afhqv2", "custom"]
-ModelName = Literal["gmpi", "gmnr", "mvcgan", "stylegan2"]  # stylegan2: the 2D backbone alone (pretraining)
+
+
+def _registered_model(name: str) -> str:
+    """A model name the registry knows (gmnr.models.registry: the built-in families and any registered since)."""
+    from gmnr.models.registry import names
+    if name not in names():
+        raise ValueError(f"Input should be {', '.join(repr(n) for n in names())} (the registered models)")
+    return name
+
+
+# A model family of gmnr.models.registry; the schema lists the built-in ones (stylegan2: the 2D backbone alone)
+ModelName = Annotated[str, AfterValidator(_registered_model),
+                      WithJsonSchema({"enum": ["gmpi", "gmnr", "mvcgan", "stylegan2"], "type": "string"})]
 CameraFamily = Literal["ffhq", "metfaces", "afhq"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -461,6 +473,11 @@ class Params(Strict):
     def _models_unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"each model may appear once (it names a pipeline stage), got {value}")
+        from gmnr.models.registry import get
+        flat = [m for m in value if not get(m).has_viewpoint]
+        if flat:  # the pipeline renders videos of every model it trains
+            raise ValueError(f"{', '.join(flat)} has no viewpoint to render: the pipeline's models are 3D ones; "
+                             f"train it by hand (gmnr train -S model={flat[0]})")
         return value
     custom_name: CustomName | None = Field(
         None, description="dataset custom: the name its folders (data/*/<name>, reports/<name>, runs/<name>), MLflow "
@@ -494,7 +511,8 @@ class Params(Strict):
     @field_validator("ablations")
     @classmethod
     def _ablation_entries(cls, value: dict[str, Any]) -> dict[str, Any]:
-        models = ModelName.__args__
+        from gmnr.models.registry import names
+        models = names()
         for name, entry in value.items():
             if not isinstance(entry, dict) or entry.get("model") not in models:
                 got = entry.get("model") if isinstance(entry, dict) else entry
@@ -535,13 +553,15 @@ class Params(Strict):
                 "synth.resolution (the training resolution while pack.resolution is null)" if self.dataset == "demo"
                 else "pack.resolution")
             raise ValueError(f"{key} must be a power of two (the generators double 4 px up to it), got {res}")
-        if {self.model, *self.models} & {"gmpi", "gmnr", "stylegan2"}:
+        from gmnr.models.registry import get
+        specs = [get(m) for m in (self.model, *self.models)]
+        if any(spec.reads("gmpi") for spec in specs):  # StyleGAN2's discriminator, at the gmpi sizes
             # The discriminator's minibatch-std layer splits every batch it scores into groups of
             # gmpi.mbstd_group_size (or the whole batch when smaller); it scores b real and b fake
             # images per step and b * views_per_latent for the generator (stylegan2: 1 view).
             group = self.gmpi.mbstd_group_size
             batch = self.train.batch_per_gpu or (8 if res <= 256 else 4)
-            views = self.train.views_per_latent if {self.model, *self.models} & {"gmpi", "gmnr"} else 1
+            views = self.train.views_per_latent if any(spec.multi_view_batches for spec in specs) else 1
             for n, what in ((batch, "train.batch_per_gpu"),
                             (batch * views, "train.batch_per_gpu x train.views_per_latent")):
                 if n > group and n % group:
@@ -619,11 +639,10 @@ class Params(Strict):
         return self.cameras[self.camera_family()]
 
     def model_camera(self) -> Camera:
-        """The camera ``model`` renders with and draws its views from: MVCGAN's own
-        (``mvcgan.cameras``) for the dataset's family when it defines one, else the dataset's."""
-        if self.model == "mvcgan" and self.camera_family() in self.mvcgan.cameras:
-            return self.mvcgan.cameras[self.camera_family()]
-        return self.camera()
+        """The camera ``model`` renders with and draws its views from: its own section's ``cameras``
+        for the dataset's family when it defines one (MVCGAN's ``mvcgan.cameras``), else the dataset's."""
+        own = getattr(getattr(self, self.model, None), "cameras", None) or {}
+        return own.get(self.camera_family()) or self.camera()
 
     def training_resolution(self) -> int:
         if self.pack.resolution is not None:

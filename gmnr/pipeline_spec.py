@@ -100,6 +100,7 @@ class Stage:
     # set by gmnr.experiment for Snakemake's --config runs, whose outputs have folders of their own
     variant: str = ""
     upstream_params: tuple[str, ...] = ()  # params the stages before this one read (they place its inputs)
+    trains: str | None = None  # the model a train stage trains (meta.snakemake.trains): it tracks that model's params
 
     @property
     def rule_name(self) -> str:
@@ -124,11 +125,16 @@ class Stage:
 
 def _stage(name: str, raw: dict, config: dict[str, Any]) -> Stage:
     meta = _interpolate_tree((raw.get("meta") or {}).get("snakemake", {}), config)
+    params = list(dict.fromkeys(interpolate(p, config) for p in _paths(raw.get("params"))))  # once each
+    trains = meta.get("trains")
+    if trains:  # the sections of the other models, listed for DVC's sake, are not this stage's
+        from gmnr.models.registry import params_read_by
+        params = params_read_by(str(trains), params)
     return Stage(
         name=name,
         cmd=interpolate(raw["cmd"], config),
         deps=[interpolate(p, config) for p in _paths(raw.get("deps"))],
-        params=[interpolate(p, config) for p in _paths(raw.get("params"))],
+        params=params,
         # Persistent, uncached outs (checkpoints) are state a rerun resumes from, not products:
         # they are not Snakemake outputs, which Snakemake would delete before a rerun. (Every other
         # out is persistent too, so that DVC never deletes it before gmnr has checked the params.)
@@ -139,6 +145,7 @@ def _stage(name: str, raw: dict, config: dict[str, Any]) -> Stage:
         conda=meta.get("conda"),
         resources=dict(meta.get("resources", {})),
         report=meta.get("report"),
+        trains=str(trains) if trains else None,
     )
 
 

@@ -280,9 +280,10 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
     device = init(params.train.device).device
     r = params.render
     G, trained, state = load_generator(checkpoint, device, r.vdr)
-    if trained.model == "stylegan2":
-        raise ValueError(f"{checkpoint}: a 2D StyleGAN2 (model stylegan2) has no viewpoint or depth to render "
-                         f"videos of; render a gmpi, gmnr or mvcgan checkpoint")
+    from gmnr.models.registry import get
+    if not get(trained.model).has_viewpoint:
+        raise ValueError(f"{checkpoint}: a '{trained.model}' model ({get(trained.model).summary}) has no viewpoint "
+                         f"or depth to render videos of; render a gmpi, gmnr or mvcgan checkpoint")
     cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
     with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
         run.log_params({"render": r.model_dump()})

@@ -134,6 +134,39 @@ def test_a_late_param_reruns_only_the_late_stage_in_both_engines(project):
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
+def test_a_gmpi_knob_retrains_gmpi_and_gmnr_and_leaves_mvcgan_alone_in_both_engines(project):
+    """Snakemake tracks each model's spec sections (gmnr/models/specs): MVCGAN's jobs are not planned.
+    DVC lists `gmpi` for every item of its train foreach, so it reruns train@mvcgan, which finds its run
+    finished under the params MVCGAN reads and leaves final.pt as it was: render and evaluate stay done."""
+    params_file, lock = project / "params.yaml", project / "dvc.lock"
+    original, original_lock = params_file.read_text(), lock.read_bytes()
+    params = yaml.safe_load(original)
+    params["gmpi"]["planes_eval"] = 48  # read by GMPI and GMNR (their spec sections), not by MVCGAN
+    models = _models(project)
+    readers = [m for m in models if m in ("gmpi", "gmnr")]
+    final = project / "runs" / "demo" / "mvcgan" / "final.pt"
+    before = (final.read_bytes(), final.stat().st_mtime_ns)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        done, _ = _snakemake("-n", cwd=project)
+        assert _jobs_planned(done.stdout) == {*(f"{s}_{m}" for s in MODEL_STAGES for m in readers), "compare",
+                                              "all"}, done.stdout[-2000:]
+        done, _ = _dvc("status", "--json", cwd=project)
+        assert set(json.loads(done.stdout)) == {f"train@{m}" for m in models}, done.stdout
+        done, seconds = _dvc("repro", "--single-item", "train@mvcgan", cwd=project)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "nothing to do" in done.stdout + done.stderr
+        assert (final.read_bytes(), final.stat().st_mtime_ns) == before
+        done, _ = _dvc("status", "--json", cwd=project)
+        assert not [s for s in json.loads(done.stdout) if s.endswith("@mvcgan")], done.stdout
+        print(f"\ndvc repro train@mvcgan after a GMPI knob: {seconds:.1f} s, final.pt untouched")
+    finally:
+        params_file.write_text(original)
+        lock.write_bytes(original_lock)
+    done, _ = _snakemake("-n", cwd=project)
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
 def test_dvc_repro_runs_the_chain_and_then_both_engines_are_noops(project):
     done, seconds = _dvc("repro", "--force", cwd=project)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

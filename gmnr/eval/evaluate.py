@@ -53,7 +53,8 @@ def run_labels(trained: Params, reference: Params | None = None, ablation_name: 
 
 
 def _n_planes(params: Params) -> int | None:
-    return params.gmpi.planes_eval if params.model in ("gmpi", "gmnr") else None
+    from gmnr.models.registry import get
+    return get(params.model).planes(params)
 
 
 BASELINES = ("init", "pretrained")  # the untrained architecture; the weights a pretrained run started from
@@ -89,9 +90,10 @@ def _load(params: Params, checkpoint: Path, baseline: str | None, device):
                              f"(gmpi.pretrained is null): there is no 'pretrained' baseline")
         from gmnr.data.download import resolve_weights
         from gmnr.models.pretrained import init_from_pretrained
-        init_from_pretrained(G, None, resolve_weights(trained.gmpi.pretrained,
-                                                      Path(trained.paths.downloads) / "weights"))
-        weights = f"{weights} + pretrained {trained.gmpi.pretrained}"
+        from gmnr.models.registry import get
+        source = get(trained.model).pretrained(trained)
+        init_from_pretrained(G, None, resolve_weights(source, Path(trained.paths.downloads) / "weights"))
+        weights = f"{weights} + pretrained {source}"
     G = set_inference_vdr(G.to(device), params.evaluate.vdr)
     return G.eval().requires_grad_(False), trained, state, weights
 
@@ -105,8 +107,10 @@ def baselines_of(checkpoint: Path) -> list[str]:
 
 
 def has_pretrained_start(params: Params) -> bool:
-    """Whether a training run with these params starts from ``gmpi.pretrained`` (MVCGAN never does)."""
-    return bool(params.gmpi.pretrained) and params.model != "mvcgan"
+    """Whether a training run with these params starts from pretrained weights (its spec's: GMPI's
+    family from ``gmpi.pretrained``; MVCGAN never does)."""
+    from gmnr.models.registry import get
+    return bool(get(params.model).pretrained(params))
 
 
 def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path,
@@ -154,7 +158,8 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path,
         PoseAccuracy(geometry),
         DepthConsistency(geometry),
     ]
-    if trained.model == "stylegan2":  # a 2D generator has no viewpoint and no depth: FID, KID and speed only
+    from gmnr.models.registry import get
+    if not get(trained.model).has_viewpoint:  # a 2D generator has no viewpoint and no depth: FID, KID and speed only
         metrics_objects = metrics_objects[:2]
     step = int(state.get("step", 0)) if not baseline else 0
     # a custom dataset's own name (gmnr.config Params.dataset_name): its rows never merge with another folder's

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gmnr.models.registry import MPIRenderer
 from gmnr.render.camera import pose_to_cam2world
 from gmnr.train.samples import grid_latents, to_uint8
 
@@ -80,9 +81,9 @@ def render_frames(G, z: torch.Tensor, cam2world: torch.Tensor, n_planes: int | N
     frame from it; other models render the latent per batch of frames."""
     ws = G.mapping(z[:1], None, truncation_psi=1.0, update_w_avg=False)
     mpi = None
-    if hasattr(G, "render_mpi"):
+    if isinstance(G, MPIRenderer):
         mpi = G.synthesize(ws, n_planes or G.cfg.planes_eval, noise_mode="const")
-        if getattr(G, "baking", lambda: False)():
+        if G.baking():
             mpi = G.bake(mpi)
     images, depths = [], []
     for start in range(0, cam2world.shape[0], batch):

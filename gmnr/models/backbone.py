@@ -43,6 +43,13 @@ class StyleGAN2Backbone(nn.Module):
             f"cam2world batch {cam2world.shape[0]} must be a multiple of the latent batch {image.shape[0]}"
         return {"image": image.repeat_interleave(views, 0) if views > 1 else image}
 
+    def baking(self) -> bool:
+        """Whether :meth:`bake` readies the scene for many views (GMNR's ``vdr: baked``); here never."""
+        return False
+
+    def bake(self, mpi: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return mpi
+
     def render(self, ws: torch.Tensor, cam2world: torch.Tensor, intrinsics: torch.Tensor | None = None,
                n_planes: int | None = None, noise_mode: str = "const") -> dict[str, torch.Tensor]:
         """ws [B, num_ws, w_dim] -> image [B * V, 3, R, R] for cam2world [B * V, 4, 4] (latent-major)."""

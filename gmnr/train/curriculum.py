@@ -3,16 +3,16 @@ per-model regularisation recipe the trainer applies.
 
 A curriculum is a list of stages with increasing start steps; the stage of step s is the last one
 whose start <= s, so it is a pure function of the step (a resumed run re-enters the right stage).
-GMPI and GMNR train in one stage built from ``train``; MVCGAN's stages come from
-``mvcgan.curriculum`` (progressive growing, pi-GAN style), up to the packed training resolution:
-stages above it are not used (the FFHQ-512 curriculum on a 256 dataset stops at 256).
+Each model's spec (gmnr.models.specs) chooses its schedule: GMPI and GMNR train in one stage
+built from ``train`` (:func:`single_stage_curriculum`); MVCGAN's stages come from
+``mvcgan.curriculum`` (progressive growing, pi-GAN style).
 """
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
 
-from gmnr.config import Params, ParamsError
+from gmnr.config import Params
 
 
 @dataclass(frozen=True)
@@ -68,30 +68,27 @@ def default_batch_per_gpu(params: Params) -> int:
     return 8 if params.training_resolution() <= 256 else 4  # the published GMPI setting
 
 
-def curriculum_from_params(params: Params) -> Curriculum:
+def single_stage_curriculum(params: Params) -> Curriculum:
+    """One stage from ``train`` at the packed resolution (GMPI, GMNR, the 2D backbone)."""
     t = params.train
-    if params.model != "mvcgan":
-        res = params.training_resolution()
-        return Curriculum((Stage(0, 0, res, None, default_batch_per_gpu(params), t.lr_g, t.lr_d),))
-    m, top = params.mvcgan, params.training_resolution()
-    usable = [s for s in m.curriculum if s.resolution <= top]  # a 512 stage does not apply to a 256 dataset
-    if not usable or usable[0].start != 0:
-        raise ParamsError(f"'mvcgan.curriculum.0.resolution': {m.curriculum[0].resolution} is above the packed "
-                          f"training resolution {top} (pack.resolution); the first stage must fit")
-    stages, previous = [], None
-    for i, s in enumerate(usable):
-        pose = s.pose_weight if s.pose_weight is not None else (
-            m.pose_weight if s.resolution <= m.pose_max_resolution else 0.0)
-        grows = previous is not None and s.resolution > previous
-        stages.append(Stage(i, s.start, s.resolution, s.ray_resolution, s.batch_per_gpu, s.lr_g, s.lr_d, pose, grows))
-        previous = s.resolution
-    return Curriculum(tuple(stages), m.fade_steps)
+    res = params.training_resolution()
+    return Curriculum((Stage(0, 0, res, None, default_batch_per_gpu(params), t.lr_g, t.lr_d),))
+
+
+def train_recipe(params: Params, views_per_latent: int | None = None) -> Recipe:
+    """The recipe of ``train`` (R1, clipping, views per latent: ``views_per_latent`` overrides it)."""
+    t = params.train
+    return Recipe(t.r1_gamma, t.r1_interval, t.grad_clip,
+                  t.views_per_latent if views_per_latent is None else views_per_latent)
+
+
+def curriculum_from_params(params: Params) -> Curriculum:
+    """The schedule of ``params.model`` (its spec's)."""
+    from gmnr.models.registry import get
+    return get(params.model).curriculum(params)
 
 
 def recipe_from_params(params: Params) -> Recipe:
-    t = params.train
-    if params.model == "mvcgan":
-        m = params.mvcgan
-        return Recipe(m.r1_gamma, m.r1_interval, m.grad_clip, 1)  # one view per latent (+ MVCGAN's aux view)
-    views = 1 if params.model == "stylegan2" else t.views_per_latent  # a 2D image has one view
-    return Recipe(t.r1_gamma, t.r1_interval, t.grad_clip, views)
+    """The regularisation recipe of ``params.model`` (its spec's)."""
+    from gmnr.models.registry import get
+    return get(params.model).recipe(params)

@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from gmnr.config import Params
 from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
+from gmnr.models import registry
 from gmnr.models.factory import build_discriminator, build_generator, resolve_architecture
-from gmnr.render.camera import pose_to_cam2world
 from gmnr.train import checkpoint as ckpt
 from gmnr.train import distributed as dist
 from gmnr.train.curriculum import Stage, curriculum_from_params, default_batch_per_gpu, recipe_from_params
-from gmnr.train.losses import GMPILoss, PosePrior, Shading, ViewConsistency
+from gmnr.train.losses import PosePrior
 from gmnr.train.samples import grid_cameras, grid_latents, render_grid
 
 STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
@@ -31,16 +31,6 @@ STREAM_Z_D, STREAM_POSE_D, STREAM_Z_G, STREAM_POSE_G, STREAM_NOISE = range(5)
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 63))
-
-
-def shading_from_params(params: Params) -> Shading | None:
-    """GMPI's shading-guided training when the model uses it (GMPI; GMNR only with gmnr.shading)."""
-    sh, cam = params.gmpi.shading, params.camera()
-    used = params.model == "gmpi" or (params.model == "gmnr" and params.gmnr.shading)
-    if not (used and sh.enabled):
-        return None
-    return Shading(sh.start, sh.grow, sh.ambient, sh.diffuse, sh.light_yaw_std, sh.light_pitch_mean,
-                   sh.light_pitch_std, cam.radius, tuple(cam.center))
 
 
 def batch_per_gpu(params: Params) -> int:
@@ -83,6 +73,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
             torch.backends.cudnn.benchmark = False
         self.device = info.device
+        self.spec = registry.get(params.model)
         self.curriculum = curriculum_from_params(params)
         self.recipe = recipe_from_params(params)
         self.stage: Stage = self.curriculum.stage_at(0)
@@ -93,8 +84,7 @@ class Trainer:
         self.G = build_generator(params).to(self.device).train()
         self.D = build_discriminator(params).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        if params.model in ("gmpi", "gmnr") and not params.gmpi.train_mapping:
-            self.G.mapping.requires_grad_(False)  # frozen: out of the optimiser, no gradient computed
+        self.spec.prepare(self.G, params)  # e.g. GMPI's frozen mapping: out of the optimiser
         interval = self.recipe.r1_interval
         self.d_ratio = interval / (interval + 1) if interval > 1 else 1.0  # lazy regularisation (StyleGAN2, App. B)
         self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=self.stage.lr_g,
@@ -105,15 +95,8 @@ class Trainer:
         self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
         use_amp = t.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-        if params.model == "mvcgan":
-            from gmnr.train.mvcgan_loss import MVCGANLoss
-            self.loss = MVCGANLoss(self.G, self.D, self.prior, params.mvcgan, t.noise_mode, self.autocast)
-        else:
-            consistency = (ViewConsistency(params.gmnr.consistency_weight, params.gmnr.consistency_view, self.prior)
-                           if params.model == "gmnr" else None)
-            label_frame = pose_to_cam2world(torch.zeros(1), torch.zeros(1), 0.0, cam.radius, tuple(cam.center))[0]
-            self.loss = GMPILoss(self.G, self.D, self.recipe.r1_gamma, self.recipe.views_per_latent, t.noise_mode,
-                                 self.autocast, label_frame.to(self.device), consistency, shading_from_params(params))
+        self.loss: registry.TrainingLoss = self.spec.build_loss(params, registry.LossContext(
+            self.G, self.D, self.prior, self.recipe, self.autocast, self.device))
         self.step = 0
         self.mlflow_run_id: str | None = None
 
@@ -164,12 +147,10 @@ class Trainer:
         return path
 
     def init_pretrained(self) -> dict | None:
-        """Start G (and its EMA) and D from ``gmpi.pretrained``, the StyleGAN2 weights of the GMPI
-        backbone (GMPI, GMNR, the 2D backbone; MVCGAN trains from scratch, as published). Returns the
-        load reports, or None when there is nothing to load."""
-        if self.params.model == "mvcgan":
-            return None
-        source = self.params.gmpi.pretrained
+        """Start G (and its EMA) and D from the weights the model's spec names (GMPI, GMNR and the
+        2D backbone: ``gmpi.pretrained``, the StyleGAN2 weights; MVCGAN trains from scratch, as
+        published). Returns the load reports, or None when there is nothing to load."""
+        source = self.spec.pretrained(self.params)
         if not source:
             return None
         from gmnr.data.download import resolve_weights
@@ -190,9 +171,7 @@ class Trainer:
             group["lr"] = stage.lr_g
         for group in self.opt_D.param_groups:
             group["lr"] = stage.lr_d * self.d_ratio
-        set_step = getattr(self.loss, "set_step", None)  # optional hook: stage-dependent loss/model state
-        if set_step is not None:
-            set_step(step, stage, self.curriculum.fade(step))
+        self.loss.set_step(step, stage, self.curriculum.fade(step))  # stage-dependent loss/model state
         return stage
 
     def _real_batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -223,9 +202,7 @@ class Trainer:
         stage = self.enter_stage(step)
         torch.manual_seed(step_generator(self.params.seed, step, STREAM_NOISE).initial_seed() + self.info.rank)
         real = self._real_batch(step)
-        augment = getattr(self.loss, "augment_reals", None)  # optional hook: a model's own real-image augmentation
-        if augment is not None:
-            real["image"] = augment(real["image"])
+        real["image"] = self.loss.augment_reals(real["image"])  # a model's own real-image augmentation
         z_d, cam_d, z_g, cam_g = self._draws(step)
         stats: dict[str, torch.Tensor] = {"curriculum_stage": torch.tensor(float(stage.index)),
                                           "resolution": torch.tensor(float(stage.resolution))}
@@ -301,9 +278,28 @@ def changed_training_params(config: dict, params: Params) -> list[str]:
                   if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
 
 
+def finished_run(run_dir: Path, params: Params) -> dict | None:
+    """The summary (train.json) of the finished run in ``run_dir`` when its ``final.pt`` was trained
+    with these params, as far as training reads them (:func:`changed_training_params`), to
+    ``train.steps``; None when there is none or it differs."""
+    import json
+    final, summary = Path(run_dir) / "final.pt", Path(run_dir) / "train.json"
+    if not (final.is_file() and summary.is_file()):
+        return None
+    try:
+        state = ckpt.load_checkpoint(final, "cpu")
+        recorded = json.loads(summary.read_text())
+    except Exception:  # unreadable: train as usual, which reports or replaces it
+        return None
+    same = (state.get("model") == params.model and int(state.get("step", -1)) == params.train.steps
+            and recorded.get("step") == params.train.steps
+            and not changed_training_params(state.get("config", {}), params))
+    return recorded if same else None
+
+
 def model_sections(model: str) -> tuple[str, ...]:
-    """The params sections a model family reads (GMNR and the 2D backbone build on GMPI's)."""
-    return {"gmnr": ("gmpi", "gmnr"), "stylegan2": ("gmpi",)}.get(model, (model,))
+    """The params sections a model family reads (its spec's: GMNR and the 2D backbone build on GMPI's)."""
+    return registry.get(model).sections
 
 
 def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -315,6 +311,16 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     from gmnr.tracking import stage_run
 
     info = dist.init(params.train.device)
+    done = finished_run(run_dir, resolve_architecture(params))
+    if done is not None:
+        # DVC reruns a train stage when any param it lists changes (its params lists cannot differ per model:
+        # dvc.yaml), e.g. a GMPI knob for MVCGAN. What this model reads is unchanged: keep its outputs as
+        # they are, byte for byte, so DVC skips its render and evaluation.
+        if info.is_main:
+            print(f"gmnr train: {run_dir / 'final.pt'} is this run, finished (step {done['step']}); "
+                  f"no param {params.model} reads has changed: nothing to do", flush=True)
+        dist.shutdown()
+        return done
     trainer = Trainer(params, data_dir, run_dir, info)
     resumed = trainer.resume()
     pretrained = None if resumed else trainer.init_pretrained()

@@ -147,6 +147,9 @@ class GMPILoss:
     def set_step(self, step: int, stage, fade: float) -> None:
         self.step = step
 
+    def augment_reals(self, images: torch.Tensor) -> torch.Tensor:
+        return images  # GMPI and GMNR show D the real images as they are
+
     def _mpi(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """The (shaded, from the shading start on) MPI of each latent, at the training plane count."""
         ws = self.G.mapping(z, None)
