@@ -255,22 +255,26 @@ def _run_params(args: argparse.Namespace, context: _Context) -> None:
 
 
 def _run_source(args: argparse.Namespace, context: _Context) -> dict:
-    return (_run_synth if context.params.dataset == "demo" else _run_download)(args, context)
+    """The source stage: render a synthetic source (the demo), else download or read the images."""
+    return (_run_synth if context.params.source().kind == "synth" else _run_download)(args, context)
 
 
 def _run_synth(args: argparse.Namespace, context: _Context) -> dict:
     from gmnr import stages
+    from gmnr.data.registry import LOCAL_SOURCES
     params = context.params
-    # `gmnr synth` under another dataset renders the demo all the same: into the demo's folder, not that dataset's.
-    default = context.layout.raw_dir() if params.dataset == "demo" else Path(params.paths.raw) / "demo"
+    # `gmnr synth` under another dataset renders the synthetic source all the same: into its own folder, not
+    # that dataset's.
+    synthetic = next(s.name for s in LOCAL_SOURCES.values() if s.kind == "synth")
+    default = context.layout.raw_dir() if params.dataset == synthetic else Path(params.paths.raw) / synthetic
     return stages.run_synth(params, args.output or default, context.reports, context.progress)
 
 
 def _run_download(args: argparse.Namespace, context: _Context) -> dict:
     from gmnr import stages
     params = context.params
-    if params.dataset == "demo":
-        raise ParamsError("dataset 'demo' is generated, not downloaded: use `gmnr synth`")
+    if params.source().kind == "synth":
+        raise ParamsError(f"dataset '{params.dataset}' is generated, not downloaded: use `gmnr synth`")
     downloads = args.downloads or Path(params.paths.downloads)
     from_dir = args.from_dir or params.download.from_dir
     return stages.run_download(params, args.output or context.layout.raw_dir(), context.reports, downloads, from_dir,
@@ -417,7 +421,7 @@ def _record_in_dvc(args: argparse.Namespace) -> None:
         return
     if stage in ("train", "render", "evaluate"):
         name = f"ablation-{stage}@{args.ablation}" if args.ablation else f"{stage}@{params.model}"
-    elif args.command == "synth" and params.dataset != "demo":
+    elif args.command == "synth" and params.source().kind != "synth":
         return
     else:
         name = stage

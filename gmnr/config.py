@@ -42,8 +42,6 @@ AblationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 # so lower case (two names must not meet on a case-insensitive file system), no dots, slashes or spaces
 CUSTOM_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 CustomName = Annotated[str, Field(pattern=CUSTOM_NAME_PATTERN)]
-# A custom folder's training resolution while pack.resolution is null: FFHQ-256, GMPI's and GMNR's main setting
-CUSTOM_RESOLUTION = 256
 ABLATION_SECTIONS = ("gmpi", "gmnr", "mvcgan", "train", "render", "evaluate")  # what a named ablation may set
 DEMO_SECTIONS = ("pack", "gmpi", "gmnr", "mvcgan", "train", "evaluate")
 
@@ -297,7 +295,7 @@ class GMNR(Strict):
                                              "published GMNR code never calls the light renderer")
 
 
-class CurriculumStage(Strict):
+class CurriculumPhase(Strict):
     """One stage of a progressive-training curriculum: from step ``start`` on, train at these sizes."""
     start: Annotated[int, Field(ge=0)] = Field(description="first step of this stage")
     resolution: PowerOfTwo = Field(description="output (and real-image) resolution of this stage")
@@ -317,8 +315,8 @@ class CurriculumStage(Strict):
         return self
 
 
-def _ffhq_stage(start: int, resolution: int, batch: int, lr_g: float, lr_d: float, pose: float) -> "CurriculumStage":
-    return CurriculumStage(start=start, resolution=resolution, ray_resolution=64, batch_per_gpu=batch, lr_g=lr_g,
+def _ffhq_stage(start: int, resolution: int, batch: int, lr_g: float, lr_d: float, pose: float) -> "CurriculumPhase":
+    return CurriculumPhase(start=start, resolution=resolution, ray_resolution=64, batch_per_gpu=batch, lr_g=lr_g,
                            lr_d=lr_d, pose_weight=pose)
 
 
@@ -368,7 +366,7 @@ class MVCGAN(Strict):
         default_factory=lambda: {"ffhq": MVCGANCamera(fov_deg=12.0, radius=1.0, depth_range=(0.88, 1.12), yaw_std=0.3,
                                                       pitch_std=0.155, truncation=None)},
         description="MVCGAN's own camera per camera family; a family not listed uses the dataset's (cameras)")
-    curriculum: list[CurriculumStage] = Field(default_factory=lambda: [
+    curriculum: list[CurriculumPhase] = Field(default_factory=lambda: [
         _ffhq_stage(0, 64, 56, 6e-5, 2e-4, 15.0), _ffhq_stage(25000, 128, 52, 5e-5, 2e-4, 15.0),
         _ffhq_stage(50000, 256, 40, 3e-5, 1e-4, 0.0), _ffhq_stage(100000, 512, 28, 2e-5, 8e-5, 0.0)])
     datasets: dict[DatasetName, dict[str, Any]] = Field(
@@ -549,9 +547,9 @@ class Params(Strict):
         """Cross-field checks that would otherwise fail late, deep in training, naming no key."""
         res = self.training_resolution()
         if res < 4 or res & (res - 1):
-            key = "pack.resolution" if self.pack.resolution is not None else (
-                "synth.resolution (the training resolution while pack.resolution is null)" if self.dataset == "demo"
-                else "pack.resolution")
+            param = self.source().resolution_param
+            key = (f"{param} (the training resolution while pack.resolution is null)"
+                   if self.pack.resolution is None and param else "pack.resolution")
             raise ValueError(f"{key} must be a power of two (the generators double 4 px up to it), got {res}")
         from gmnr.models.registry import get
         specs = [get(m) for m in (self.model, *self.models)]
@@ -598,12 +596,7 @@ class Params(Strict):
         """``align.mode`` with ``auto`` resolved: the registry's datasets and the demo are aligned already."""
         if self.align.mode != "auto":
             return self.align.mode
-        if self.dataset == "custom":
-            return "ffhq"
-        if self.dataset == "demo":
-            return "off"  # rendered where FFHQ's crop puts a face (gmnr/data/face_layout.py)
-        from gmnr.data.registry import get_dataset
-        return "off" if get_dataset(self.dataset).aligned else "ffhq"
+        return "off" if self.source().aligned else "ffhq"  # the demo: rendered where FFHQ's crop puts a face
 
     def pose_fit(self) -> tuple[float, PoseCalibration]:
         """The builtin estimator's image-shift prior and calibration for how this dataset's images are
@@ -611,7 +604,7 @@ class Params(Strict):
         the pose, the demo's look-at renders do not (``pose.look_at``)."""
         framing = self.pose.framing
         if framing == "auto":
-            framing = "look_at" if self.dataset == "demo" and self.align_mode() == "off" else "ffhq_crop"
+            framing = self.source().framing if self.align_mode() == "off" else "ffhq_crop"
         if framing == "look_at":
             return self.pose.look_at.shift_sigma_iod, self.pose.look_at.calibration
         return self.pose.shift_sigma_iod, self.pose.calibration
@@ -621,18 +614,24 @@ class Params(Strict):
         pack's (pack resizes the crops; the align stage does not read pack's params)."""
         if self.align.resolution is not None:
             return self.align.resolution
-        if self.dataset == "custom":
-            return CUSTOM_RESOLUTION
-        if self.dataset == "demo":
-            return self.synth.resolution
-        from gmnr.data.registry import get_dataset
-        return get_dataset(self.dataset).resolution
+        return self._source_resolution()
+
+    def source(self):
+        """Where the dataset's images come from (gmnr.data.registry.source_of): a downloaded entry, the
+        demo's renders or a custom folder, each with its kind, camera family, alignment and resolution."""
+        from gmnr.data.registry import source_of
+        return source_of(self.dataset)
+
+    def _source_resolution(self) -> int:
+        """The side of the source's own images: its resolution param (the demo's synth.resolution) or its entry's."""
+        source = self.source()
+        if source.resolution_param:
+            section, key = source.resolution_param.split(".")
+            return getattr(getattr(self, section), key)
+        return source.resolution
 
     def camera_family(self) -> str:
-        if self.dataset in ("demo", "custom"):  # custom photos are aligned as FFHQ's (the align stage)
-            return "ffhq"
-        from gmnr.data.registry import get_dataset
-        return get_dataset(self.dataset).camera_family
+        return self.source().camera_family  # custom photos are aligned as FFHQ's (the align stage)
 
     def camera(self) -> Camera:
         """The dataset's camera family: what labels the data (and GMPI's, GMNR's camera)."""
@@ -647,13 +646,7 @@ class Params(Strict):
     def training_resolution(self) -> int:
         if self.pack.resolution is not None:
             return self.pack.resolution
-        if self.dataset == "demo":
-            return self.synth.resolution
-        if self.dataset == "custom":
-            return CUSTOM_RESOLUTION
-        from gmnr.data.registry import get_dataset
-        entry = get_dataset(self.dataset)
-        return entry.resize_to or entry.resolution
+        return self.source().resize_to or self._source_resolution()
 
 
 def reserved_dataset_names() -> frozenset[str]:
@@ -743,9 +736,11 @@ def resolve(data: dict[str, Any], overrides: list[str] | None = None, source: st
     demo_overrides = [text for text, keys, _ in parsed if keys[0] == "demo"]
     rest = [text for text, keys, _ in parsed if keys[0] != "demo"]
     merged = apply_overrides(merged, demo_overrides)
-    if dataset == "demo" and isinstance(merged.get("demo"), dict):
-        forced = {tuple(keys[1:3]) for _, keys, _ in parsed if keys[0] == "demo"}
-        for section, values in merged["demo"].items():
+    from gmnr.data.registry import LOCAL_SOURCES
+    own = getattr(LOCAL_SOURCES.get(dataset), "defaults_section", None)  # the demo's: the `demo` section
+    if own and isinstance(merged.get(own), dict):
+        forced = {tuple(keys[1:3]) for _, keys, _ in parsed if keys[0] == own}
+        for section, values in merged[own].items():
             if not isinstance(values, dict):
                 continue
             target = merged.setdefault(section, {})

@@ -68,7 +68,7 @@ def run_download(params: Params, output: Path, reports: Path, downloads: Path, f
     from gmnr.data.download import prepare_dataset
     d = params.download
     entry = params.dataset
-    if params.dataset == "custom":
+    if params.source().kind == "folder":  # the user's photos: an entry of their own name and size
         from gmnr.data.registry import custom_entry
         if not from_dir:
             raise ValueError("dataset custom reads your own photos: set download.from_dir (or pass --from) to a "

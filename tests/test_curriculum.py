@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gmnr.config import ParamsError, load_params
-from gmnr.train.curriculum import Curriculum, Stage, curriculum_from_params, recipe_from_params
+from gmnr.train.curriculum import Curriculum, Phase, curriculum_from_params, recipe_from_params
 from tests.conftest import make_disc_dataset
 
 SWITCH = 2
@@ -21,44 +21,44 @@ TINY = ["model=mvcgan", "pack.resolution=16", "mvcgan.z_dim=8", "mvcgan.w_dim=8"
         "train.log_every=1", "train.grid_latents=1", "train.grid_views=2", "train.threads=1"]
 
 
-def _stage(i, start, res, batch=4, lr=1e-3):
-    return Stage(i, start, res, 4, batch, lr, lr, grows=i > 0)
+def _phase(i, start, res, batch=4, lr=1e-3):
+    return Phase(i, start, res, 4, batch, lr, lr, grows=i > 0)
 
 
-def test_stage_at_and_fade():
-    c = Curriculum((_stage(0, 0, 8), _stage(1, 100, 16), _stage(2, 250, 32)), fade_steps=50)
-    assert [c.stage_at(s).index for s in (0, 99, 100, 249, 250, 10 ** 6)] == [0, 0, 1, 1, 2, 2]
+def test_phase_at_and_fade():
+    c = Curriculum((_phase(0, 0, 8), _phase(1, 100, 16), _phase(2, 250, 32)), fade_steps=50)
+    assert [c.phase_at(s).index for s in (0, 99, 100, 249, 250, 10 ** 6)] == [0, 0, 1, 1, 2, 2]
     # pi-GAN's alpha = (step - first step at this output size) / fade_steps: the first stage fades in too
     assert c.fade(0) == 0.0 and c.fade(25) == 0.5 and c.fade(99) == 1.0
     assert c.fade(100) == 0.0 and c.fade(125) == 0.5 and c.fade(150) == 1.0
     # a stage that keeps the output size (new learning rates only) does not restart the fade
-    same = Curriculum((_stage(0, 0, 8), _stage(1, 100, 16), _stage(2, 110, 16)), fade_steps=50)
+    same = Curriculum((_phase(0, 0, 8), _phase(1, 100, 16), _phase(2, 110, 16)), fade_steps=50)
     assert same.fade(110) == pytest.approx(0.2) and same.fade(150) == 1.0
-    assert Curriculum((_stage(0, 0, 8),), fade_steps=0).fade(0) == 1.0
+    assert Curriculum((_phase(0, 0, 8),), fade_steps=0).fade(0) == 1.0
     with pytest.raises(ValueError, match="strictly increasing"):
-        Curriculum((_stage(0, 0, 8), _stage(1, 0, 16)))
+        Curriculum((_phase(0, 0, 8), _phase(1, 0, 16)))
 
 
 def test_curriculum_params_pose_weight_and_stages_above_the_data():
     p = load_params(overrides=["model=mvcgan", "dataset=ffhq256"])
     c = curriculum_from_params(p)
-    assert [s.resolution for s in c.stages] == [64, 128, 256]  # the 512 stage needs 512 data
-    assert [s.pose_weight for s in c.stages] == [15.0, 15.0, 0.0]  # stops above 128
-    assert (c.stages[0].batch_per_gpu, c.stages[0].lr_g, c.stages[0].lr_d) == (56, 6e-5, 2e-4)
-    # stages without their own pose weight: mvcgan.pose_weight up to pose_max_resolution, 0 above
+    assert [s.resolution for s in c.phases] == [64, 128, 256]  # the 512 stage needs 512 data
+    assert [s.pose_weight for s in c.phases] == [15.0, 15.0, 0.0]  # stops above 128
+    assert (c.phases[0].batch_per_gpu, c.phases[0].lr_g, c.phases[0].lr_d) == (56, 6e-5, 2e-4)
+    # phases without their own pose weight: mvcgan.pose_weight up to pose_max_resolution, 0 above
     rule = curriculum_from_params(load_params(overrides=[
         "model=mvcgan", "pack.resolution=32", "mvcgan.pose_weight=3",
         "mvcgan.curriculum=[{start: 0, resolution: 16, ray_resolution: 8, batch_per_gpu: 1, lr_g: 1, lr_d: 1},"
         " {start: 5, resolution: 32, ray_resolution: 8, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]",
         "mvcgan.pose_max_resolution=16"]))
-    assert [s.pose_weight for s in rule.stages] == [3.0, 0.0]
+    assert [s.pose_weight for s in rule.phases] == [3.0, 0.0]
     assert recipe_from_params(p).r1_gamma == 0.2 and recipe_from_params(p).views_per_latent == 1
     with pytest.raises(ParamsError, match=r"mvcgan\.curriculum\.0\.resolution"):
         curriculum_from_params(load_params(overrides=[
             "model=mvcgan", "pack.resolution=16",
             "mvcgan.curriculum=[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 1, lr_g: 1, lr_d: 1}]"]))
     gmpi = curriculum_from_params(load_params(overrides=["model=gmpi"]))
-    assert len(gmpi.stages) == 1 and gmpi.stages[0].ray_resolution is None
+    assert len(gmpi.phases) == 1 and gmpi.phases[0].ray_resolution is None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -96,11 +96,11 @@ def _ckpt(run_dir, step):
     return torch.load(run_dir / "checkpoints" / f"step-{step:09d}.pt", weights_only=True)
 
 
-def test_two_stage_run_switches_and_resumes_into_the_second_stage(packed, monkeypatch):
+def test_two_stage_run_switches_and_resumes_into_the_second_phase(packed, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{packed / 'mlflow.db'}")
     straight = packed / "straight"
     summary = _train(packed, straight)
-    assert summary["curriculum_stage"] == 1 and summary["resolution"] == 16 and summary["batch_per_gpu"] == 3
+    assert summary["curriculum_phase"] == 1 and summary["resolution"] == 16 and summary["batch_per_gpu"] == 3
     before, after = _ckpt(straight, SWITCH), _ckpt(straight, SWITCH + 1)  # after step SWITCH - 1 / SWITCH
     assert int(before["G"]["stage_resolution"]) == 8 and before["opt_G"]["param_groups"][0]["lr"] == 0.001
     assert int(after["G"]["stage_resolution"]) == 16 and after["opt_G"]["param_groups"][0]["lr"] == 0.0005
@@ -126,7 +126,7 @@ def test_two_stage_run_switches_and_resumes_into_the_second_stage(packed, monkey
         first = _train(packed, resumed, stop_after=stop)
         assert first["step"] == stop and not (resumed / "final.pt").exists()
         second = _train(packed, resumed)
-        assert second["resumed_from"].endswith(f"step-{stop:09d}.pt") and second["curriculum_stage"] == 1
+        assert second["resumed_from"].endswith(f"step-{stop:09d}.pt") and second["curriculum_phase"] == 1
         a, b = _ckpt(straight, 4), _ckpt(resumed, 4)
         for key in ("G", "D", "G_ema"):
             diff = [k for k in a[key] if not torch.equal(a[key][k], b[key][k])]

@@ -213,3 +213,24 @@ def test_snakemake_tracks_no_gmpi_knob_for_mvcgan_but_dvc_lists_gmpi_for_every_m
                   for s in repo.index.stages if s.name and s.name.startswith("train@")}
     stages = _dvc_yaml_train_params()
     assert "gmpi" in listed["train@mvcgan"] and "gmpi" not in stages["train@mvcgan"].params
+
+
+def test_the_demo_is_a_source_in_the_dataset_registry_not_a_branch():
+    """Every dataset name has a source (gmnr.data.registry.source_of) that says what the stages need;
+    the demo's is a synthetic one, and no code tests for the demo's name."""
+    from gmnr.config import DatasetName, load_params
+    from gmnr.data.registry import source_of
+    for name in DatasetName.__args__:
+        assert source_of(name).name == name
+    demo = load_params(overrides=["dataset=demo", "synth.resolution=128", "pack.resolution=null"])
+    assert demo.source().kind == "synth" and demo.training_resolution() == 128 == demo.aligned_resolution()
+    assert demo.align_mode() == "off" and demo.pose_fit()[0] == demo.pose.look_at.shift_sigma_iod
+    custom = load_params(overrides=["dataset=custom", "download.from_dir=/photos/x"])
+    assert custom.source().kind == "folder" and custom.align_mode() == "ffhq" and custom.training_resolution() == 256
+    assert custom.pose_fit()[0] == custom.pose.shift_sigma_iod  # FFHQ's crop after the align stage
+    ffhq = load_params(overrides=["dataset=ffhq512"])
+    assert ffhq.source().kind == "download" and ffhq.training_resolution() == 512 and ffhq.camera_family() == "ffhq"
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "gmnr").rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"dataset\s*(==|!=)\s*[\"']demo[\"']", line)]
+    assert not found, found

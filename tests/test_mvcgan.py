@@ -55,9 +55,9 @@ CELEBAHQ_STAGES = FFHQ_STAGES[:2] + [(50000, 256, 44, 3e-5, 1e-4, 0)] + FFHQ_STA
 @pytest.mark.parametrize("dataset, stages, mixup", [("ffhq512", FFHQ_STAGES, 0.3), ("celebahq", CELEBAHQ_STAGES, 0.1)])
 def test_curricula_are_the_published_ones(dataset, stages, mixup):
     p = load_params(overrides=["model=mvcgan", f"dataset={dataset}", "pack.resolution=512"])
-    got = [(s.start, s.resolution, s.batch_per_gpu, s.lr_g, s.lr_d, s.pose_weight) for s in curriculum_from_params(p).stages]
+    got = [(s.start, s.resolution, s.batch_per_gpu, s.lr_g, s.lr_d, s.pose_weight) for s in curriculum_from_params(p).phases]
     assert got == [(a, b, c, pytest.approx(d), pytest.approx(e), f) for a, b, c, d, e, f in stages]
-    assert all(s.ray_resolution == 64 for s in curriculum_from_params(p).stages)  # img_size 64
+    assert all(s.ray_resolution == 64 for s in curriculum_from_params(p).phases)  # img_size 64
     m, recipe, cam = p.mvcgan, recipe_from_params(p), p.model_camera()
     assert (m.fade_steps, m.samples_per_ray, m.mixup_max, m.photometric_weight) == (2000, 16, mixup, 1.0)
     assert (recipe.grad_clip, recipe.r1_gamma, recipe.r1_interval) == (10.0, 0.2, 1)
@@ -146,7 +146,7 @@ def test_render_is_pi_gans_forward_pass_for_single_rays(G):
     p = load_params(overrides=TINY + ["mvcgan.samples_per_ray=16"])
     torch.manual_seed(1)
     G16 = build_generator(p).eval()
-    G16.set_stage(4, 4)
+    G16.set_phase(4, 4)
     with torch.no_grad():  # larger FiLM outputs than at init, so the density is not just ~0
         G16.mapping.film.weight.mul_(8.0)
     ws = G16.mapping(torch.randn(1, G16.z_dim), None)
@@ -195,7 +195,7 @@ def test_the_image_is_gnets_output_with_its_published_widths(G):
     assert G.decoder.conv_in.weight.shape[:2] == (8, p.mvcgan.siren_hidden)
     ws = G.mapping(torch.randn(2, G.z_dim), None)
     for res in (4, 8, 16):
-        G.set_stage(res, 4)
+        G.set_phase(res, 4)
         before = G.render(ws, cams([0.0, 0.2]))
         assert before["image"].shape == (2, 3, res, res) and before["depth"].shape == (2, 1, res, res)
         with torch.no_grad():
@@ -209,23 +209,23 @@ def test_the_image_is_gnets_output_with_its_published_widths(G):
 
 def test_decoder_fade_zero_is_the_blurred_upsampled_previous_torgb(G):
     ws = G.mapping(torch.randn(1, G.z_dim), None)
-    G.set_stage(16, 4, fade=1.0)
+    G.set_phase(16, 4, fade=1.0)
     feats = G.render_rays(ws, cams([0.1]))["features"]
     code = G.mapping.split(ws)[0]
-    G.set_stage(8, 4, fade=1.0)
+    G.set_phase(8, 4, fade=1.0)
     with torch.no_grad():
         x = G.decoder.norm_in(F.leaky_relu(feats, 0.2), code)
         x = G.decoder.norm_conv(F.leaky_relu(G.decoder.conv_in(x), 0.2), code)
         x = G.decoder.scales[0](x, code)  # features at 8 px
         at8 = G.decoder.to_rgb[1](x)
         assert torch.allclose(G.decode(ws, feats), at8, atol=1e-5)
-        G.set_stage(16, 4, fade=0.0)
+        G.set_phase(16, 4, fade=0.0)
         up = F.interpolate(at8, scale_factor=2, mode="bilinear", align_corners=False)
         padded = F.pad(up, (1, 1, 1, 1), mode="reflect")
         k = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
         blurred = torch.stack([F.conv2d(padded[:, c:c + 1], k[None, None])[:, 0] for c in range(3)], 1)
         assert torch.allclose(G.decode(ws, feats), blurred, atol=1e-5)
-    G.set_stage(16, 4, fade=1.0)
+    G.set_phase(16, 4, fade=1.0)
 
 
 def test_decoder_upsamples_by_nearest_neighbour():
@@ -268,10 +268,10 @@ def test_adain_sets_each_channels_mean_and_std_and_equalized_conv_uses_hes_const
 
 def test_stage_validation_names_the_problem(G):
     with pytest.raises(ValueError, match="rays 8"):
-        G.set_stage(4, 8)
+        G.set_phase(4, 8)
     with pytest.raises(ValueError, match="<= 16"):
-        G.set_stage(32, 4)
-    G.set_stage(16, 4)
+        G.set_phase(32, 4)
+    G.set_phase(16, 4)
 
 
 # -- discriminator -----------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_stereo_mixup_with_r_zero_is_the_identity():
 
 def test_photometric_loss_of_identical_views_is_zero(G):
     """The MVCGAN path: render, warp the same view into itself with its own depth and intrinsics."""
-    G.set_stage(16, 4)
+    G.set_phase(16, 4)
     ws = G.mapping(torch.randn(2, G.z_dim), None)
     c = cams([0.1, -0.2])
     main = G.render_rays(ws, c)
@@ -345,7 +345,7 @@ def test_discriminator_step_scores_stereo_mixed_fakes():
     torch.manual_seed(0)
     G, D = build_generator(p), build_discriminator(p)
     loss, prior = _loss(p, G, D)
-    loss.set_step(20, curriculum_from_params(p).stage_at(20), 1.0)
+    loss.set_step(20, curriculum_from_params(p).phase_at(20), 1.0)
     z, c = torch.randn(2, G.z_dim), cams([0.2, -0.1])
     torch.manual_seed(5)
     mixed, extras = loss.synthesize(z, c, with_photometric=True)
@@ -364,7 +364,7 @@ def test_one_training_step_of_a_tiny_model_moves_every_part():
     loss, prior = _loss(p, G, D)
     curriculum = curriculum_from_params(p)
     assert curriculum.fade(0) == 0.0 and curriculum.fade(10) == 0.0  # the first stage fades in too
-    loss.set_step(12, curriculum.stage_at(12), 0.5)
+    loss.set_step(12, curriculum.phase_at(12), 0.5)
     assert G.resolution == 16 and float(G.density_noise) > 0 and loss.pose_weight == 15.0
     g = torch.Generator().manual_seed(1)
     real = loss.augment_reals(torch.rand(2, 3, 16, 16) * 2 - 1)
@@ -407,7 +407,7 @@ def test_losses_have_the_published_closed_forms():
     G = build_generator(p)
     D = _LinearD((3, 16, 16))
     loss, prior = _loss(p, G, D)
-    stage = curriculum_from_params(p).stage_at(20)
+    stage = curriculum_from_params(p).phase_at(20)
     loss.set_step(20, stage, 1.0)
     # R1: gamma / 2 * |grad_x <w, x>|^2 = 0.1 |w|^2, every step (r1_interval 1)
     r1, stats = loss.r1_loss(torch.randn(4, 3, 16, 16), None, 1)
@@ -440,7 +440,7 @@ def test_density_noise_anneals_to_zero_at_the_published_step():
     torch.manual_seed(0)
     G = build_generator(p)
     loss, _ = _loss(p, G, None)
-    stage = curriculum_from_params(p).stage_at(0)
+    stage = curriculum_from_params(p).phase_at(0)
     for step, noise in ((0, 1.0), (2500, 0.5), (5000, 0.0), (9000, 0.0)):
         loss.set_step(step, stage, 1.0)
         assert float(G.density_noise) == pytest.approx(noise)

@@ -120,6 +120,12 @@ class DatasetEntry:
     # Whether the images are face crops aligned already (FFHQ's, AFHQ's, MetFaces' own alignment):
     # `align.mode: auto` passes them through, and crops a custom folder's photos (gmnr/preprocess/align.py).
     aligned: bool = True
+    # The attributes every source of images shares (see LocalSource): downloaded, framed by FFHQ's crop,
+    # its side fixed here.
+    kind = "download"
+    framing = "ffhq_crop"
+    resolution_param = None
+    defaults_section = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
@@ -456,6 +462,57 @@ def custom_entry(name: str, resolution: int) -> DatasetEntry:
         manual_instructions="point download.from_dir (or `gmnr source --from`) at a folder or archive of photos",
         aligned=False,
     )
+
+
+# A custom folder's side while align.resolution and pack.resolution are null: FFHQ-256, GMPI's and GMNR's
+# main setting
+CUSTOM_RESOLUTION = 256
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A dataset this project makes instead of downloading: what the pipeline needs to know about it,
+    as :class:`DatasetEntry` says it of a downloaded one (kind, camera family, alignment, framing,
+    resolution), so no stage asks for the dataset's name.
+
+    ``kind``: ``synth`` (rendered offline by the source stage, ``gmnr synth``) or ``folder`` (the
+    user's photos, read by the source stage from ``download.from_dir``). ``framing``: how a face sits
+    in its images: ``look_at`` for renders by a camera looking at the head (the face moves in the image
+    as the camera turns, a pose cue), ``ffhq_crop`` for FFHQ's crop (centred whatever the pose).
+    ``resolution_param``: the param its images' side comes from (else ``resolution``).
+    ``defaults_section``: a params section whose values replace the published ones for this dataset."""
+    name: str
+    kind: str
+    description: str
+    camera_family: str = "ffhq"
+    aligned: bool = True
+    framing: str = "ffhq_crop"
+    resolution: int = CUSTOM_RESOLUTION
+    resolution_param: str | None = None
+    defaults_section: str | None = None
+    resize_to = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("synth", "folder") or self.framing not in ("look_at", "ffhq_crop"):
+            raise ValueError(f"source {self.name!r}: kind must be synth or folder and framing look_at or ffhq_crop, "
+                             f"got {self.kind!r}, {self.framing!r}")
+        if self.camera_family not in CAMERA_FAMILIES:
+            raise ValueError(f"source {self.name!r}: camera_family {self.camera_family!r} not in {CAMERA_FAMILIES}")
+
+
+LOCAL_SOURCES: dict[str, LocalSource] = {s.name: s for s in (
+    LocalSource("demo", "synth", "procedural heads rendered offline with known cameras (gmnr/data/synth), placed "
+                "where FFHQ's crop puts a face", aligned=True, framing="look_at", resolution_param="synth.resolution",
+                defaults_section="demo"),
+    LocalSource("custom", "folder", "a folder or archive of your own photos (download.from_dir), cropped as FFHQ by "
+                "the align stage", aligned=False),
+)}
+
+
+def source_of(name: str) -> DatasetEntry | LocalSource:
+    """Where a dataset's images come from: a downloaded registry entry, or a source made here (the demo's
+    renders, a custom folder). An unknown name raises ``UnknownEntryError`` listing the known ones."""
+    return LOCAL_SOURCES[name] if name in LOCAL_SOURCES else _lookup(DATASETS, name, "dataset")
 
 
 def get_dataset(name: str) -> DatasetEntry:

@@ -23,8 +23,8 @@ the image (Xuanmeng-Zhang/MVCGAN ``siren/siren.py: SPATIALSIRENBASELINE``,
   (bilinear, then a [1 2 1] blur). At the ray resolution itself the image is ToRGB of the first
   convolution's features. Equalised-learning-rate convolutions (He's constant), biases from 0.
 
-The training stage (output/ray resolution, fade, density-noise std) lives in persistent buffers set
-by :meth:`MVCGANGenerator.set_stage`, so the EMA copy and ``final.pt`` render what training
+The curriculum phase (output/ray resolution, fade, density-noise std) lives in persistent buffers set
+by :meth:`MVCGANGenerator.set_phase`, so the EMA copy and ``final.pt`` render what training
 reached. Every width derives from the config.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _is_pow2(n: int) -> bool:
 @dataclass(frozen=True)
 class MVCGANConfig:
     resolution: int  # the largest output resolution (the packed data's)
-    ray_resolution: int  # rays per side when no stage has been set (the curriculum's last stage)
+    ray_resolution: int  # rays per side when no phase has been set (the curriculum's last phase)
     min_ray_resolution: int  # the smallest ray resolution of the curriculum (the decoder's first width)
     z_dim: int = 256
     w_dim: int = 256  # mapping network width = the decoder's code
@@ -313,14 +313,14 @@ class MVCGANGenerator(nn.Module):
         self.decoder = GNetDecoder(cfg.siren_hidden, cfg.decoder_channels[:1 + cfg.max_doublings], cfg.w_dim)
         self.z_dim, self.w_dim = cfg.z_dim, cfg.w_dim
         self.num_ws = 1
-        # The training stage: persistent, so G_ema (whose buffers the trainer copies) and final.pt
+        # The curriculum phase (buffers named stage_* as checkpoints hold them): persistent, so G_ema (whose buffers the trainer copies) and final.pt
         # render at the resolution training reached.
         self.register_buffer("stage_resolution", torch.tensor(cfg.resolution))
         self.register_buffer("stage_ray_resolution", torch.tensor(cfg.ray_resolution))
         self.register_buffer("stage_fade", torch.tensor(1.0))
         self.register_buffer("density_noise", torch.tensor(0.0))
 
-    # -- stage --------------------------------------------------------------------------------
+    # -- curriculum phase -----------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
         return int(self.stage_resolution)
@@ -329,13 +329,13 @@ class MVCGANGenerator(nn.Module):
     def ray_resolution(self) -> int:
         return int(self.stage_ray_resolution)
 
-    def set_stage(self, resolution: int, ray_resolution: int, fade: float = 1.0, density_noise: float = 0.0) -> None:
+    def set_phase(self, resolution: int, ray_resolution: int, fade: float = 1.0, density_noise: float = 0.0) -> None:
         """Output and ray resolution, fade-in of the newest decoder resolution in [0, 1], and the
         std of the noise added to densities when rendering with noise_mode='random'."""
         ok = (_is_pow2(resolution) and _is_pow2(ray_resolution) and self.cfg.min_ray_resolution <= ray_resolution
               <= resolution <= self.cfg.resolution
               and math.log2(resolution // ray_resolution) < len(self.decoder.widths))
-        _require(ok, f"stage resolution {resolution} / rays {ray_resolution}: need powers of two with "
+        _require(ok, f"phase resolution {resolution} / rays {ray_resolution}: need powers of two with "
                      f"{self.cfg.min_ray_resolution} <= rays <= resolution <= {self.cfg.resolution}")
         _require(0.0 <= fade <= 1.0 and density_noise >= 0, f"fade must be in [0, 1] and density_noise >= 0, "
                                                             f"got {fade}, {density_noise}")

@@ -67,8 +67,8 @@ class ViewDependentColour(Protocol):
 class TrainingLoss(Protocol):
     """The losses of one model family, as the trainer calls them every step."""
 
-    def set_step(self, step: int, stage: Any, fade: float) -> None:
-        """The schedule of ``step`` (curriculum stage, fade-in): called before each step and on resume."""
+    def set_step(self, step: int, phase: Any, fade: float) -> None:
+        """The schedule of ``step`` (curriculum phase, fade-in): called before each step and on resume."""
 
     def augment_reals(self, images: Tensor) -> Tensor:
         """The real batch as D sees it (MVCGAN's own augmentation; identity for the others)."""
@@ -104,9 +104,9 @@ def _nothing_to_prepare(G: Any, params: Params) -> None:
     return None
 
 
-def _single_stage(params: Params) -> Curriculum:
-    from gmnr.train.curriculum import single_stage_curriculum
-    return single_stage_curriculum(params)
+def _single_phase(params: Params) -> Curriculum:
+    from gmnr.train.curriculum import single_phase_curriculum
+    return single_phase_curriculum(params)
 
 
 def _train_recipe(params: Params) -> Recipe:
@@ -125,7 +125,7 @@ class ModelSpec:
     build_generator: Callable[[Params], Any]
     build_discriminator: Callable[[Params], Any]
     build_loss: Callable[[Params, LossContext], TrainingLoss]
-    curriculum: Callable[[Params], Curriculum] = _single_stage
+    curriculum: Callable[[Params], Curriculum] = _single_phase
     recipe: Callable[[Params], Recipe] = _train_recipe
     pretrained: Callable[[Params], str | None] = _no_pretrained  # the weights training starts from
     prepare: Callable[[Any, Params], None] = _nothing_to_prepare  # on G before its optimiser is built (freezing)

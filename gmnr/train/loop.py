@@ -22,7 +22,7 @@ from gmnr.models import registry
 from gmnr.models.factory import build_discriminator, build_generator, resolve_architecture
 from gmnr.train import checkpoint as ckpt
 from gmnr.train import distributed as dist
-from gmnr.train.curriculum import Stage, curriculum_from_params, default_batch_per_gpu, recipe_from_params
+from gmnr.train.curriculum import Phase, curriculum_from_params, default_batch_per_gpu, recipe_from_params
 from gmnr.train.losses import PosePrior
 from gmnr.train.samples import grid_cameras, grid_latents, render_grid
 
@@ -34,7 +34,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 def batch_per_gpu(params: Params) -> int:
-    """The batch of a single-stage run (GMPI, GMNR); curricula set theirs per stage."""
+    """The batch of a single-phase run (GMPI, GMNR); curricula set theirs per phase."""
     return default_batch_per_gpu(params)
 
 
@@ -76,8 +76,8 @@ class Trainer:
         self.spec = registry.get(params.model)
         self.curriculum = curriculum_from_params(params)
         self.recipe = recipe_from_params(params)
-        self.stage: Stage = self.curriculum.stage_at(0)
-        self.batch = self.stage.batch_per_gpu
+        self.phase: Phase = self.curriculum.phase_at(0)
+        self.batch = self.phase.batch_per_gpu
         self.total_batch = self.batch * info.world_size
         self.dataset = PackedDataset(data_dir, params.training_resolution())
         torch.manual_seed(params.seed)  # initial weights: identical on every rank
@@ -87,9 +87,9 @@ class Trainer:
         self.spec.prepare(self.G, params)  # e.g. GMPI's frozen mapping: out of the optimiser
         interval = self.recipe.r1_interval
         self.d_ratio = interval / (interval + 1) if interval > 1 else 1.0  # lazy regularisation (StyleGAN2, App. B)
-        self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=self.stage.lr_g,
+        self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=self.phase.lr_g,
                                       betas=tuple(t.betas))
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.stage.lr_d * self.d_ratio,
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.phase.lr_d * self.d_ratio,
                                       betas=tuple(b ** self.d_ratio for b in t.betas))
         cam = params.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
         self.prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
@@ -143,7 +143,7 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.mlflow_run_id = state.get("mlflow_run_id") or None
-        self.enter_stage(self.step)
+        self.enter_phase(self.step)
         return path
 
     def init_pretrained(self) -> dict | None:
@@ -161,24 +161,24 @@ class Trainer:
         return report
 
     # -- curriculum -----------------------------------------------------------------------------
-    def enter_stage(self, step: int) -> Stage:
-        """Apply the stage of ``step``: batch, learning rates (also after an optimizer state was
+    def enter_phase(self, step: int) -> Phase:
+        """Apply the curriculum phase of ``step``: batch, learning rates (also after an optimizer state was
         loaded, which carries the lr it was saved with) and the loss's per-step schedule."""
-        stage = self.curriculum.stage_at(step)
-        self.stage, self.batch = stage, stage.batch_per_gpu
+        phase = self.curriculum.phase_at(step)
+        self.phase, self.batch = phase, phase.batch_per_gpu
         self.total_batch = self.batch * self.info.world_size
         for group in self.opt_G.param_groups:
-            group["lr"] = stage.lr_g
+            group["lr"] = phase.lr_g
         for group in self.opt_D.param_groups:
-            group["lr"] = stage.lr_d * self.d_ratio
-        self.loss.set_step(step, stage, self.curriculum.fade(step))  # stage-dependent loss/model state
-        return stage
+            group["lr"] = phase.lr_d * self.d_ratio
+        self.loss.set_step(step, phase, self.curriculum.fade(step))  # phase-dependent loss/model state
+        return phase
 
     def _real_batch(self, step: int) -> dict[str, torch.Tensor]:
         idx = sample_indices(step, self.info.rank, self.info.world_size, self.batch, len(self.dataset), self.params.seed)
         real = load_batch(self.dataset, idx, self.device)
-        res = self.stage.resolution
-        if real["image"].shape[-1] != res:  # a curriculum stage below the packed resolution
+        res = self.phase.resolution
+        if real["image"].shape[-1] != res:  # a curriculum phase below the packed resolution
             real["image"] = torch.nn.functional.interpolate(real["image"], size=(res, res), mode="bilinear",
                                                             align_corners=False, antialias=True)
         return real
@@ -199,13 +199,13 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         recipe = self.recipe
-        stage = self.enter_stage(step)
+        phase = self.enter_phase(step)
         torch.manual_seed(step_generator(self.params.seed, step, STREAM_NOISE).initial_seed() + self.info.rank)
         real = self._real_batch(step)
         real["image"] = self.loss.augment_reals(real["image"])  # a model's own real-image augmentation
         z_d, cam_d, z_g, cam_g = self._draws(step)
-        stats: dict[str, torch.Tensor] = {"curriculum_stage": torch.tensor(float(stage.index)),
-                                          "resolution": torch.tensor(float(stage.resolution))}
+        stats: dict[str, torch.Tensor] = {"curriculum_phase": torch.tensor(float(phase.index)),
+                                          "resolution": torch.tensor(float(phase.resolution))}
 
         # Discriminator: main loss, and lazy R1 every r1_interval steps.
         self.G.requires_grad_(False)

@@ -8,7 +8,7 @@
   primary ones, ``(1 - r) F + r warp(F_aux)``, r ~ U(0, r_max) per latent, and the decoder turns
   the blend into the image.
 * Discriminator: non-saturating logistic loss, the pose loss (MSE between the angles a fake was
-  rendered from and what the pose head predicts, weighted per stage) and R1 on the reals (which
+  rendered from and what the pose head predicts, weighted per curriculum phase) and R1 on the reals (which
   are mirrored with probability 1/2).
 * Generator: non-saturating loss on the top-k scores (k annealed from B to ``topk_min`` B), the same
   pose loss, and the photometric loss (0.85 SSIM term + 0.15 L1) between the primary rendered RGB
@@ -18,7 +18,7 @@ Published defects fixed here: the warp uses the exact intrinsics (the published 
 the focal length by each ray's norm) and a validity mask (the published one mixes and compares
 the zeros ``grid_sample`` returns outside the auxiliary view).
 
-Stage-dependent values (fade, density noise, pose weight, top-k) are set by :meth:`set_step`.
+Phase-dependent values (fade, density noise, pose weight, top-k) are set by :meth:`set_step`.
 """
 from __future__ import annotations
 
@@ -67,12 +67,12 @@ class MVCGANLoss:
         self.autocast = autocast
         self.fade, self.pose_weight, self.topk = 1.0, 0.0, 1.0
 
-    def set_step(self, step: int, stage, fade: float) -> None:
-        """Enter ``step`` of curriculum ``stage`` (:class:`gmnr.train.curriculum.Stage`)."""
+    def set_step(self, step: int, phase, fade: float) -> None:
+        """Enter ``step`` of curriculum ``phase`` (:class:`gmnr.train.curriculum.Phase`)."""
         c = self.cfg
         noise = c.density_noise * max(0.0, 1.0 - step / c.density_noise_steps) if c.density_noise_steps else 0.0
-        self.G.set_stage(stage.resolution, stage.ray_resolution, fade, noise)
-        self.fade, self.pose_weight = fade, stage.pose_weight
+        self.G.set_phase(phase.resolution, phase.ray_resolution, fade, noise)
+        self.fade, self.pose_weight = fade, phase.pose_weight
         self.topk = topk_fraction(step, c.topk_decay, c.topk_interval, c.topk_min)
 
     def augment_reals(self, images: Tensor) -> Tensor:

@@ -13,23 +13,23 @@ if TYPE_CHECKING:
 
 
 def curriculum(params: Params) -> Curriculum:
-    """``mvcgan.curriculum``'s stages (progressive growing, pi-GAN style), up to the packed training
-    resolution: stages above it are not used (the FFHQ-512 curriculum on a 256 dataset stops at 256)."""
+    """``mvcgan.curriculum``'s phases (progressive growing, pi-GAN style), up to the packed training
+    resolution: phases above it are not used (the FFHQ-512 curriculum on a 256 dataset stops at 256)."""
     from gmnr.config import ParamsError
-    from gmnr.train.curriculum import Curriculum, Stage
+    from gmnr.train.curriculum import Curriculum, Phase
     m, top = params.mvcgan, params.training_resolution()
-    usable = [s for s in m.curriculum if s.resolution <= top]  # a 512 stage does not apply to a 256 dataset
+    usable = [s for s in m.curriculum if s.resolution <= top]  # a 512 phase does not apply to a 256 dataset
     if not usable or usable[0].start != 0:
         raise ParamsError(f"'mvcgan.curriculum.0.resolution': {m.curriculum[0].resolution} is above the packed "
-                          f"training resolution {top} (pack.resolution); the first stage must fit")
-    stages, previous = [], None
+                          f"training resolution {top} (pack.resolution); the first phase must fit")
+    phases, previous = [], None
     for i, s in enumerate(usable):
         pose = s.pose_weight if s.pose_weight is not None else (
             m.pose_weight if s.resolution <= m.pose_max_resolution else 0.0)
         grows = previous is not None and s.resolution > previous
-        stages.append(Stage(i, s.start, s.resolution, s.ray_resolution, s.batch_per_gpu, s.lr_g, s.lr_d, pose, grows))
+        phases.append(Phase(i, s.start, s.resolution, s.ray_resolution, s.batch_per_gpu, s.lr_g, s.lr_d, pose, grows))
         previous = s.resolution
-    return Curriculum(tuple(stages), m.fade_steps)
+    return Curriculum(tuple(phases), m.fade_steps)
 
 
 def _recipe(params: Params):
@@ -40,11 +40,11 @@ def _recipe(params: Params):
 
 def generator_fields(params: Params) -> dict:
     cam, m = params.model_camera(), params.mvcgan  # MVCGAN's own camera, not the dataset's GMPI camera
-    stages = curriculum(params).stages
-    rays = [s.ray_resolution for s in stages]
-    # The largest output is the curriculum's last usable stage (<= the packed resolution): no decoder
+    phases = curriculum(params).phases
+    rays = [s.ray_resolution for s in phases]
+    # The largest output is the curriculum's last usable phase (<= the packed resolution): no decoder
     # widths are needed for resolutions training never reaches.
-    return dict(resolution=max(s.resolution for s in stages), ray_resolution=rays[-1], min_ray_resolution=min(rays),
+    return dict(resolution=max(s.resolution for s in phases), ray_resolution=rays[-1], min_ray_resolution=min(rays),
                 z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers, siren_layers=m.siren_layers,
                 siren_hidden=m.siren_hidden, freq_scale=m.freq_scale, freq_bias=m.freq_bias, box_side=m.box_side,
                 samples_per_ray=m.samples_per_ray, decoder_channels=tuple(m.decoder_channels),
