@@ -245,3 +245,17 @@ def commit_outputs_to_dvc(root: Path, outputs: list[str], targets: list[str] | N
         if path.exists():
             os.utime(path, ns=(saved[path].st_atime_ns, saved[path].st_mtime_ns), follow_symlinks=False)
     return done.returncode == 0
+
+
+def stage_sections(name: str, params) -> tuple[str, ...]:
+    """The params sections pipeline stage ``name`` reads (a dvc.yaml name: ``pose``, ``train@gmnr``), as
+    dvc.yaml lists them, a train stage's filtered through the model registry (:func:`_stage`). dvc.yaml is
+    where each stage's params are written, once: the MLflow run of a stage logs these sections, the
+    trainer's resume check compares them, DVC and Snakemake rerun the stage when they change."""
+    from gmnr.config import PROJECT_ROOT
+    from gmnr.models.registry import section_of
+    config = {**params.model_dump(mode="json"), "models": [params.model], "ablations": {}}
+    stages = load_stages(PROJECT_ROOT / "dvc.yaml", config)
+    if name not in stages:
+        raise KeyError(f"dvc.yaml has no stage '{name}' (stages: {', '.join(stages)})")
+    return tuple(dict.fromkeys(section_of(key) for key in stages[name].params))

@@ -40,7 +40,7 @@ def run_synth(params: Params, output: Path, reports: Path, progress: bool = True
                                pitch_std=cam.pitch_std, truncation=cam.truncation)
     # Before any work: an output holding files synth did not write (someone's photos) is refused.
     StagedOutput(output, "synth", synth.OUTPUTS, legacy=synth._legacy_claims).preflight()
-    with stage_run("source", params, ("synth", "cameras"), {"source": "synth"}) as run:
+    with stage_run("source", params, {"source": "synth"}) as run:
         # Staged and swapped in whole: a smaller count leaves no older image behind, and files
         # synth did not write are never deleted (gmnr.staging).
         summary = synth.generate(output, params.synth.count, params.synth.resolution, params.seed, camera,
@@ -74,7 +74,7 @@ def run_download(params: Params, output: Path, reports: Path, downloads: Path, f
             raise ValueError("dataset custom reads your own photos: set download.from_dir (or pass --from) to a "
                              "folder or archive of them")
         entry = custom_entry(params.dataset_name(), params.aligned_resolution())
-    with stage_run("source", params, ("download", "images"), {"source": "download"}) as run:
+    with stage_run("source", params, {"source": "download"}) as run:
         summary = prepare_dataset(entry, output, downloads, Path(from_dir) if from_dir else None,
                                   progress=progress, retries=d.retries, timeout_s=d.timeout_s,
                                   max_pixels=params.images.max_pixels, max_extract_bytes=d.max_extract_bytes,
@@ -132,7 +132,7 @@ def run_landmarks(params: Params, image_dir: Path, output: Path, reports: Path, 
     if not list_images(image_dir):  # an empty or mistyped --input fails here, before the detector loads
         raise FileNotFoundError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found under "
                                 f"{image_dir}: check --input")
-    with stage_run("landmarks", params, ("landmarks", "images")) as run:
+    with stage_run("landmarks", params) as run:
         start = time.perf_counter()
         table = lm.run_landmarks(image_dir, settings, progress=progress, policy=policy)
         seconds = time.perf_counter() - start
@@ -172,7 +172,7 @@ def run_align(params: Params, image_dir: Path, landmarks_csv: Path, output: Path
              f"({', '.join('*' + s for s in IMAGE_SUFFIXES)}) under {image_dir}); nothing written", table, "align")
     settings = align.AlignSettings(params.aligned_resolution(), params.align.min_eye_to_mouth_px,
                                    params.align.max_outside_fraction)
-    with stage_run("align", params, ("align", "images"), {"align_mode": mode}) as run:
+    with stage_run("align", params, {"align_mode": mode}) as run:
         start = time.perf_counter()
         with staged:
             images = staged.path("images")
@@ -223,7 +223,7 @@ def run_pose(params: Params, image_dir: Path, landmarks_csv: Path, output: Path,
     staged.preflight()
     table = read_csv(landmarks_csv, "landmarks table (gmnr landmarks)")
     _require(int((table.status == "ok").sum()), f"{landmarks_csv} has no face to estimate a pose from", table, "pose")
-    with stage_run("pose", params, ("pose", "cameras", "images")) as run:
+    with stage_run("pose", params) as run:
         with staged:
             if params.pose.backend == "builtin":
                 shift_sigma_iod, cal = params.pose_fit()
@@ -258,7 +258,7 @@ def run_pack(params: Params, image_dir: Path, poses_csv: Path, output: Path, rep
     StagedOutput(output, "pack", ["images", "dataset.json"], inputs=[image_dir, poses_csv],
                  legacy=_legacy_claims).preflight()
     poses = read_csv(poses_csv, "poses table (gmnr pose)")
-    with stage_run("pack", params, ("pack", "cameras", "images")) as run:
+    with stage_run("pack", params) as run:
         summary = pack_dataset(image_dir, poses, output, params.training_resolution(), cam.fov_deg,
                                cam.model_dump(mode="json"), params.pack.max_abs_yaw_deg, progress=progress,
                                policy=ImagePolicy.from_params(params), inputs=(poses_csv,))
@@ -285,7 +285,7 @@ def run_render(params: Params, checkpoint: Path, output: Path, progress: bool = 
         raise ValueError(f"{checkpoint}: a '{trained.model}' model ({get(trained.model).summary}) has no viewpoint "
                          f"or depth to render videos of; render a gmpi, gmnr or mvcgan checkpoint")
     cam = trained.model_camera()  # the generator's own camera (MVCGAN's differs from the dataset's)
-    with stage_run("render", trained, ("model",), {"checkpoint": str(checkpoint)}) as run:
+    with stage_run("render", trained, {"checkpoint": str(checkpoint)}) as run:
         run.log_params({"render": r.model_dump()})
         files = render_outputs(G, output, r.seeds, r.frames, cam.sweep_stds() * cam.yaw_std,
                                cam.sweep_stds() * cam.pitch_std, cam.radius, cam.center, tuple(cam.depth_range),

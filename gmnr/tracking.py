@@ -364,14 +364,20 @@ def _start(stage: str, tags: dict[str, str], resume_run_id: str | None = None) -
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags: dict[str, str] | None = None,
-              resume_run_id: str | None = None, enabled: bool = True) -> Iterator[StageRun]:
-    """Open one MLflow run for a stage; log the params sections it reads and its duration.
+def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = None,
+              resume_run_id: str | None = None, enabled: bool = True, *,
+              sections: tuple[str, ...] | None = None) -> Iterator[StageRun]:
+    """Open one MLflow run for a stage; log the params sections it reads and its duration. The sections
+    are dvc.yaml's list for the stage (gmnr.pipeline_spec.stage_sections), unless ``sections`` names
+    them (a run that is no pipeline stage).
 
     The run ends FINISHED when the body returns and FAILED when it raises (the exception
     propagates unchanged).
     """
+    from gmnr.pipeline_spec import stage_sections
     dumped = params.model_dump(mode="json")
+    if sections is None:
+        sections = stage_sections(f"{stage}@{params.model}" if stage in MODEL_STAGES else stage, params)
     # A custom dataset is tagged (and tabled) by its own name, so two folders of photos never share rows
     tags = {"stage": stage, "dataset": params.dataset_name(), "git_commit": git_commit(),
             "params_hash": section_hash(params, *sections), "pipeline_id": pipeline_id(), "command": _command()}
@@ -383,7 +389,8 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...], extra_tags:
     tags.update(extra_tags or {})
     run = _start(stage, tags, resume_run_id) if enabled else StageRun()
     if not resume_run_id:
-        run.log_params({"dataset": params.dataset_name(), "seed": params.seed, **{s: dumped[s] for s in sections}})
+        run.log_params({"dataset": params.dataset_name(), "seed": params.seed,
+                        **{s: dumped[s] for s in sections if s in dumped and s not in ("dataset", "seed")}})
     started = time.perf_counter()
     status = "FAILED"
     try:

@@ -564,7 +564,7 @@ def test_an_unusable_tracking_store_is_detected_once_and_the_stage_goes_on(monke
     started = time.perf_counter()
     with pytest.warns(UserWarning, match="unreachable") as caught:
         for _ in range(2):
-            with tracking.stage_run("test", params, ("seed",)) as run:
+            with tracking.stage_run("test", params, sections=("seed",)) as run:
                 run.log_metrics({"x": 1.0})
     assert time.perf_counter() - started < 10  # MLflow alone retries for about 100 s
     assert not run.active and len([w for w in caught if "unreachable" in str(w.message)]) == 2

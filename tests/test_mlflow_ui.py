@@ -37,7 +37,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
     params = config.load_params()
     for stage in DATA_STAGES:
-        with tracking.stage_run(stage, params, ("paths",)) as run:
+        with tracking.stage_run(stage, params, sections=("paths",)) as run:
             run.log_metrics({"images": 3})
     # a video that moves and is not black: a bright bar sweeping across a grey background
     frames = np.full((12, 64, 64, 3), 90, np.uint8)
@@ -48,17 +48,17 @@ def store(tmp_path, monkeypatch):
     for (model, ablation), fid in FIDS.items():
         tracking.set_run_context({"ablation": ablation, "data_variant": "default", "run": model})
         p = params.model_copy(update={"model": model})
-        with tracking.stage_run("train", p, ("train",)) as train:
+        with tracking.stage_run("train", p, sections=("train",)) as train:
             train.log_metrics({"loss_G": 1.25, "loss_D": 0.75})
-        with tracking.stage_run("render", p, ("render",)) as render:
+        with tracking.stage_run("render", p, sections=("render",)) as render:
             render.log_artifact(video, "render")
         render_run = render_run or render.run_id
         tags = {"ablation": ablation, "train_run_id": train.run_id}
-        with tracking.stage_run("evaluate", p, ("evaluate",), tags) as run:
+        with tracking.stage_run("evaluate", p, tags, sections=("evaluate",)) as run:
             run.set_description(f"Evaluation trained by [the training run]({run.run_link(train.run_id)})")
             run.log_metrics({METRIC: fid, "kid": fid / 1000, "fps": 50.0})
     tracking.set_run_context({})
-    with tracking.stage_run("compare", params, ("paths",), {"model": "gmpi,gmnr"}) as run:
+    with tracking.stage_run("compare", params, {"model": "gmpi,gmnr"}, sections=("paths",)) as run:
         run.log_metrics({"rows": 3})
     tracking.end_pipeline_run(parent)
     return db, artifacts, f"{render_run}/render/sweep.mp4"

@@ -123,6 +123,11 @@ def test_a_model_registered_from_a_test_file_trains_renders_and_evaluates(tiny_m
     assert state["model"] == "tiny" and set(state["G_ema"]) == {"mapping.fc.weight", "mapping.fc.bias",
                                                                 "to_image.weight", "to_image.bias"}
     assert finished_run(run, params)["step"] == 3  # a rerun with these params has nothing to do
+    # its MLflow run logs the sections dvc.yaml lists for a train stage, less other models' (gmpi)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient()
+    [logged] = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'train'")
+    assert {k.split(".")[0] for k in logged.data.params} == {"dataset", "seed", "cameras", "pack", "train"}
 
     report = run_render(params, run / "final.pt", tmp_path / "render", progress=False)
     assert any(f.endswith("sweep.mp4") for f in report["files"]) and any("depth" in f for f in report["files"])
@@ -185,6 +190,7 @@ def _dvc_yaml_train_params():
 
 def test_each_models_params_come_from_its_spec_in_dvc_yaml_snakemake_mlflow_and_the_resume_check():
     from gmnr.config import load_params
+    from gmnr.pipeline_spec import stage_sections
     from gmnr.train.loop import changed_training_params, model_sections
     stages = _dvc_yaml_train_params()
     for name in registry.BUILTIN:
@@ -192,8 +198,10 @@ def test_each_models_params_come_from_its_spec_in_dvc_yaml_snakemake_mlflow_and_
         stage = stages[f"train@{name}"]
         # Snakemake's rule tracks exactly the spec's train params
         assert set(stage.params) == set(registry.train_params(name)), name
-        # MLflow logs the spec's sections with the run; the resume check compares them
+        # MLflow logs these sections with the run; the resume check compares them
         assert model_sections(name) == spec.sections
+        sections = stage_sections(f"train@{name}", load_params(overrides=[f"model={name}"]))
+        assert set(sections) == {"seed", "cameras", "pack", *spec.sections, "train"}, (name, sections)
         params = load_params(overrides=[f"model={name}"])
         for section, key in (("gmpi", "planes_train"), ("gmnr", "consistency_weight"), ("mvcgan", "r1_gamma")):
             recorded = params.model_dump(mode="json")  # a checkpoint's config, one knob of `section` apart

@@ -16,7 +16,7 @@ def test_stage_run_logs_params_metrics_tags_and_status(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("GMNR_PIPELINE_ID", "pipe-123")
     params = config.load_params(overrides=["synth.count=7"])
-    with tracking.stage_run("synth", params, ("synth",)) as run:
+    with tracking.stage_run("synth", params, sections=("synth",)) as run:
         run.log_metrics({"images": 7, "nested": {"rate": 0.5}, "label": "not a number"})
         artifact = tmp_path / "a.txt"
         artifact.write_text("hello")
@@ -36,7 +36,7 @@ def test_failed_stage_is_marked_failed_and_the_error_propagates(tmp_path, monkey
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(ZeroDivisionError):
-        with tracking.stage_run("pose", config.load_params(), ("pose",)) as run:
+        with tracking.stage_run("pose", config.load_params(), sections=("pose",)) as run:
             1 / 0
     assert _client(uri).get_run(run.run_id).info.status == "FAILED"
 
@@ -50,7 +50,7 @@ def test_unreachable_store_warns_and_the_stage_still_completes(monkeypatch):
     done = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with tracking.stage_run("pack", config.load_params(), ("pack",)) as run:
+        with tracking.stage_run("pack", config.load_params(), sections=("pack",)) as run:
             run.log_metrics({"x": 1})
             done.append(True)
     assert done == [True] and not run.active
@@ -62,3 +62,18 @@ def test_pipeline_id_comes_from_the_environment(monkeypatch):
     assert tracking.pipeline_id() == "abc"
     monkeypatch.delenv("GMNR_PIPELINE_ID")
     assert tracking.pipeline_id().startswith(("standalone-", "snakemake-", "dvc-"))
+
+
+def test_a_stage_run_logs_the_sections_dvc_yaml_lists_for_its_stage(tmp_path, monkeypatch):
+    """Each stage's params are written once, in dvc.yaml: its MLflow run logs those sections (a train
+    stage's less other models' sections: MVCGAN's run holds no gmpi)."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for stage, model, expected in (("pose", "gmpi", {"pose", "cameras", "images"}),
+                                   ("train", "mvcgan", {"cameras", "pack", "mvcgan", "train"}),
+                                   ("train", "gmnr", {"cameras", "pack", "gmpi", "gmnr", "train"}),
+                                   ("evaluate", "gmnr", {"evaluate"})):
+        with tracking.stage_run(stage, config.load_params(overrides=[f"model={model}"])) as run:
+            pass
+        logged = {k.split(".")[0] for k in _client(uri).get_run(run.run_id).data.params}
+        assert logged == {"dataset", "seed", *expected}, (stage, model, logged)

@@ -475,7 +475,7 @@ def run_compare(params: Params, output: Path, backends: Iterable[str] | dict[str
     models = sorted({r["model"] for r in report["runs"]})
     tags = {"dataset": ",".join(datasets), "model": ",".join(models),
             **{f"backend.{k}": v for k, v in report["backends"].items() if v}}
-    with stage_run("compare", params, ("paths",), tags) as run:
+    with stage_run("compare", params, tags) as run:
         run.log_params({"backend_choices": ",".join(f"{k}={v}" for k, v in parse_backend_choices(backends).items())
                         or "none"})
         run.log_metrics({"rows": report["rows"]})

@@ -169,12 +169,10 @@ def evaluate(params: Params, checkpoint: Path, real_dir: Path, output: Path,
             "checkpoint_step": str(step), "checkpoint": baseline or str(checkpoint), "weights": weights[:250]}
     if ablation_name:
         tags["ablation_name"] = ablation_name
-    from gmnr.train.loop import model_sections
-    sections = ("evaluate", *model_sections(trained.model))
     values: dict = {}
     backends: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    with stage_run("evaluate", trained, sections, tags) as run:
+    with stage_run("evaluate", trained, tags) as run:
         if run.active:
             measured = ("the weights training started from" if baseline == "pretrained" else
                         "the untrained generator" if baseline else f"`{checkpoint}` (step {step})")

@@ -271,7 +271,8 @@ def changed_training_params(config: dict, params: Params) -> list[str]:
     """The keys (dotted) that training reads whose value in a checkpoint's ``config`` differs from
     ``params``, less :data:`RESUMABLE_KEYS`."""
     from gmnr.config import flatten
-    sections = ("seed", "dataset", "cameras", "pack", *model_sections(params.model), "train")
+    from gmnr.pipeline_spec import stage_sections
+    sections = ("dataset", *stage_sections(f"train@{params.model}", params))  # what dvc.yaml says it reads
     ours = flatten({k: v for k, v in params.model_dump(mode="json").items() if k in sections})
     theirs = flatten({k: v for k, v in config.items() if k in sections})
     return sorted(k for k in ours.keys() | theirs.keys()
@@ -325,8 +326,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     resumed = trainer.resume()
     pretrained = None if resumed else trainer.init_pretrained()
     t = params.train
-    sections = tuple(dict.fromkeys(("model", *model_sections(params.model), "train", "demo")))
-    with stage_run("train", params, sections, {"resumed_from": str(resumed or "")}, trainer.mlflow_run_id,
+    with stage_run("train", params, {"resumed_from": str(resumed or "")}, trainer.mlflow_run_id,
                    enabled=info.is_main) as run:
         trainer.mlflow_run_id = run.run_id or trainer.mlflow_run_id
         if pretrained:
