@@ -39,7 +39,7 @@ def test_phase_at_and_fade():
         Curriculum((_phase(0, 0, 8), _phase(1, 0, 16)))
 
 
-def test_curriculum_params_pose_weight_and_stages_above_the_data():
+def test_curriculum_params_pose_weight_and_phases_above_the_data():
     p = load_params(overrides=["model=mvcgan", "dataset=ffhq256"])
     c = curriculum_from_params(p)
     assert [s.resolution for s in c.phases] == [64, 128, 256]  # the 512 stage needs 512 data
@@ -96,7 +96,7 @@ def _ckpt(run_dir, step):
     return torch.load(run_dir / "checkpoints" / f"step-{step:09d}.pt", weights_only=True)
 
 
-def test_two_stage_run_switches_and_resumes_into_the_second_phase(packed, monkeypatch):
+def test_two_phase_run_switches_and_resumes_into_the_second_phase(packed, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{packed / 'mlflow.db'}")
     straight = packed / "straight"
     summary = _train(packed, straight)
