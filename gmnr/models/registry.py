@@ -138,13 +138,18 @@ class ModelSpec:
         return section in self.sections
 
 
-# The built-in families: name -> the module holding its SPEC (imported on first use).
-BUILTIN: dict[str, str] = {
-    "gmpi": "gmnr.models.specs.gmpi",
-    "gmnr": "gmnr.models.specs.gmnr",
-    "mvcgan": "gmnr.models.specs.mvcgan",
-    "stylegan2": "gmnr.models.specs.stylegan2",
-}
+def _builtin() -> dict[str, str]:
+    """The built-in families: every module of gmnr/models/specs, by file name (read without importing
+    them; a module is imported when its spec is first asked for). The published four first."""
+    import pkgutil
+
+    from gmnr.models import specs
+    found = sorted(m.name for m in pkgutil.iter_modules(specs.__path__) if not m.name.startswith("_"))
+    first = [n for n in ("gmpi", "gmnr", "mvcgan", "stylegan2") if n in found]
+    return {n: f"gmnr.models.specs.{n}" for n in (*first, *(n for n in found if n not in first))}
+
+
+BUILTIN: dict[str, str] = _builtin()
 _REGISTERED: dict[str, ModelSpec] = {}
 
 
