@@ -122,7 +122,10 @@ def test_a_model_registered_from_a_test_file_trains_renders_and_evaluates(tiny_m
     state = load_checkpoint(run / "final.pt")
     assert state["model"] == "tiny" and set(state["G_ema"]) == {"mapping.fc.weight", "mapping.fc.bias",
                                                                 "to_image.weight", "to_image.bias"}
-    assert finished_run(run, params)["step"] == 3  # a rerun with these params has nothing to do
+    assert finished_run(run, params, tmp_path / "packed")["step"] == 3  # a rerun with these params: nothing to do
+    final_bytes = (run / "final.pt").read_bytes()
+    assert train(params, tmp_path / "packed", run, progress=False)["step"] == 3
+    assert (run / "final.pt").read_bytes() == final_bytes
     # its MLflow run logs the sections dvc.yaml lists for a train stage, less other models' (gmpi)
     from mlflow.tracking import MlflowClient
     client = MlflowClient()
@@ -242,3 +245,22 @@ def test_the_demo_is_a_source_in_the_dataset_registry_not_a_branch():
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"dataset\s*(==|!=)\s*[\"']demo[\"']", line)]
     assert not found, found
+
+
+def test_a_finished_run_on_data_that_has_changed_since_trains_afresh(tiny_model, tmp_path):
+    """The same params on other packed data (new poses, new crops) is another run: not 'nothing to do',
+    not a resume from the old data's checkpoints."""
+    import numpy as np
+
+    from gmnr.data.images import read_rgb, write_png_atomic
+    from gmnr.train.loop import finished_run, train
+    make_disc_dataset(tmp_path, 12)
+    params = _params(f"paths.runs={tmp_path / 'runs'}", f"paths.reports={tmp_path / 'reports'}")
+    run, packed = tmp_path / "runs" / "tiny", tmp_path / "packed"
+    train(params, packed, run, progress=False)
+    image = next((packed / "images").glob("*.png"))
+    write_png_atomic(image, 255 - read_rgb(image).astype(np.uint8))  # one image changes, names and poses do not
+    assert finished_run(run, params, packed) is None
+    again = train(params, packed, run, progress=False)
+    assert again["step"] == 3 and again["resumed_from"] == ""  # trained from the start, not resumed
+    assert list((run / "checkpoints").glob("stale-*")), "the old data's checkpoints are moved aside, not deleted"

@@ -9,6 +9,21 @@ import torch
 from gmnr.preprocess.pack import read_labels
 
 
+def data_fingerprint(folder: Path) -> str:
+    """sha256 over a packed set's dataset.json and the bytes of every image it lists, in its order: what
+    a training run records, so that a rerun on other data (the same params, new poses or crops) trains
+    afresh instead of resuming. Reads the set once (FFHQ-256's 70k PNGs: about 4 GB)."""
+    import hashlib
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "dataset.json").read_bytes())
+    for name in read_labels(folder)[0]:
+        digest.update(name.encode() + b"\0")
+        with open(folder / "images" / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 class PackedDataset(torch.utils.data.Dataset):
     """Images in [-1, 1] as float32 [3, R, R], with cam2world [4, 4] and normalised intrinsics [3, 3]."""
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from gmnr.config import Params
-from gmnr.data.dataset import PackedDataset, load_batch, sample_indices
+from gmnr.data.dataset import PackedDataset, data_fingerprint, load_batch, sample_indices
 from gmnr.models import registry
 from gmnr.models.factory import build_discriminator, build_generator, resolve_architecture
 from gmnr.train import checkpoint as ckpt
@@ -80,6 +80,7 @@ class Trainer:
         self.batch = self.phase.batch_per_gpu
         self.total_batch = self.batch * info.world_size
         self.dataset = PackedDataset(data_dir, params.training_resolution())
+        self.data_fingerprint = data_fingerprint(data_dir)  # recorded with every checkpoint
         torch.manual_seed(params.seed)  # initial weights: identical on every rank
         self.G = build_generator(params).to(self.device).train()
         self.D = build_discriminator(params).to(self.device).train()
@@ -105,7 +106,7 @@ class Trainer:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "rng": ckpt.rng_state(),
                 "config": self.params.model_dump(mode="json"), "model": self.params.model,
-                "mlflow_run_id": self.mlflow_run_id or ""}
+                "mlflow_run_id": self.mlflow_run_id or "", "data_fingerprint": self.data_fingerprint}
 
     def resume(self) -> Path | None:
         """Continue from the latest checkpoint when it was written by a run of these params (a killed
@@ -126,6 +127,9 @@ class Trainer:
         why = ""
         if changed:
             why = f"a run of other params ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})"
+        elif state.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
+            # (a checkpoint written before fingerprints were recorded cannot tell: it is resumed)
+            why = f"a run on other data (the packed set in {self.dataset.folder} has changed since)"
         elif int(state["step"]) > self.params.train.steps:
             # A longer run is another run: resuming it would label its weights with the lower step count.
             why = (f"a run past train.steps (step {int(state['step'])}, train.steps is now "
@@ -256,7 +260,8 @@ class Trainer:
         from gmnr.io import atomic_write
         final = {"G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),  # D: to start another run from
                  "config": self.params.model_dump(mode="json"),
-                 "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or ""}
+                 "model": self.params.model, "step": self.step, "mlflow_run_id": self.mlflow_run_id or "",
+                 "data_fingerprint": self.data_fingerprint}
         return atomic_write(self.run_dir / "final.pt", lambda tmp: torch.save(final, tmp))
 
 
@@ -279,10 +284,11 @@ def changed_training_params(config: dict, params: Params) -> list[str]:
                   if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
 
 
-def finished_run(run_dir: Path, params: Params) -> dict | None:
+def finished_run(run_dir: Path, params: Params, data_dir: Path) -> dict | None:
     """The summary (train.json) of the finished run in ``run_dir`` when its ``final.pt`` was trained
-    with these params, as far as training reads them (:func:`changed_training_params`), to
-    ``train.steps``; None when there is none or it differs."""
+    on the packed set in ``data_dir`` as it is now (:func:`data_fingerprint`) with these params, as far
+    as training reads them (:func:`changed_training_params`), to ``train.steps``; None when there is
+    none or it differs."""
     import json
     final, summary = Path(run_dir) / "final.pt", Path(run_dir) / "train.json"
     if not (final.is_file() and summary.is_file()):
@@ -294,6 +300,7 @@ def finished_run(run_dir: Path, params: Params) -> dict | None:
         return None
     same = (state.get("model") == params.model and int(state.get("step", -1)) == params.train.steps
             and recorded.get("step") == params.train.steps
+            and state.get("data_fingerprint") == data_fingerprint(data_dir)
             and not changed_training_params(state.get("config", {}), params))
     return recorded if same else None
 
@@ -312,7 +319,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     from gmnr.tracking import stage_run
 
     info = dist.init(params.train.device)
-    done = finished_run(run_dir, resolve_architecture(params))
+    done = finished_run(run_dir, resolve_architecture(params), data_dir)
     if done is not None:
         # DVC reruns a train stage when any param it lists changes (its params lists cannot differ per model:
         # dvc.yaml), e.g. a GMPI knob for MVCGAN. What this model reads is unchanged: keep its outputs as
