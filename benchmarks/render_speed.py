@@ -12,10 +12,14 @@ off as the published evaluation renders). Writes a table to docs/benchmarks.md.
     python benchmarks/render_speed.py --models gmpi gmnr --gmnr-vdr all sampled off --resolutions 256 --repeats 5
 
 Multi-view mode (``--video N``): one latent seen from N views of a yaw sweep, as ``gmnr render``
-renders a video (the MPI synthesised once; GMNR ``baked`` bakes K once). Each row times the
-synthesis, the bake and ``--timed-frames`` of the N frames (spread over the sweep, one render call
-each; on a GPU after a warm-up pass, on a CPU without one); its per-frame time for the whole video
-is (synthesis + bake + N x mean frame) / N. The
+renders a video (the MPI synthesised once). Each row times the synthesis and ``--timed-frames`` of
+the N frames (spread over the sweep, one render call each; on a GPU after a warm-up pass, on a CPU
+without one); its per-frame time for the whole video is (synthesis + bake call + N x mean frame) / N.
+GMNR ``baked`` computes K lazily (each texel the first time a frame reads it), so a frame's cost
+depends on the frames before it: its rows render and time all N frames in order, and report the
+time spent computing K over the whole video (inside the frames' times) and the texels computed
+against the eager bake's :func:`texel_mask` count. ``--eager-bake`` bakes every texel of that
+mask before the first frame instead (the bake call's time then holds all of K). The
 device can be a GPU, in half precision where the network allows it:
 
     python benchmarks/render_speed.py --video 48 --models gmpi gmnr --gmnr-vdr baked all off --timed-frames 4
@@ -102,13 +106,15 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
 
 
 def measure_video(model: str, resolution: int, planes: int, frames: int, timed: int, device: str, threads: int,
-                  vdr: str = "all", dtype: str = "float32") -> dict:
+                  vdr: str = "all", dtype: str = "float32", eager_bake: bool = False) -> dict:
     """One latent, a ``frames``-view yaw sweep (see the module docstring): seconds of the synthesis,
-    the bake and each of ``timed`` frames, and the per-frame time of the whole video."""
+    the bake call, each of ``timed`` frames (all of them when K is baked lazily) and the computation
+    of K wherever it happens, and the per-frame time of the whole video."""
     import torch
 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, set_inference_vdr
+    from gmnr.models.gmnr import texel_mask
     from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
@@ -120,12 +126,27 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     cam = params.camera()
     yaw = cam.truncation * cam.yaw_std * torch.sin(torch.arange(frames) / frames * 2 * torch.pi)
     cams = pose_to_cam2world(yaw, torch.zeros(frames), 0.0, cam.radius, tuple(cam.center)).to(dev)
-    picked = torch.linspace(0, frames - 1, timed).round().long().tolist()
+    baking = getattr(G, "baking", lambda: False)()
+    lazy = baking and not eager_bake
+    # lazily baked K: a frame's cost depends on the frames before it, so every frame is rendered and timed
+    picked = list(range(frames)) if lazy else torch.linspace(0, frames - 1, timed).round().long().tolist()
     amp = torch.autocast(dev.type, dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast(dev.type, enabled=False)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
+    k_seconds = [0.0]
+    if baking:  # time every computation of K (the eager bake's and the on-demand one inside the frames)
+        bake_texels = G.bake_texels
+
+        def timed_bake_texels(*args):
+            sync()
+            start = time.perf_counter()
+            n = bake_texels(*args)
+            sync()
+            k_seconds[0] += time.perf_counter() - start
+            return n
+        G.bake_texels = timed_bake_texels
     with torch.no_grad(), amp:
         z = torch.randn(1, G.z_dim, device=dev)
         # On a GPU a first pass warms up allocations and kernels (cuDNN, autocast caches); the second is timed.
@@ -136,10 +157,10 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
             mpi = G.synthesize(G.mapping(z, None), planes, noise_mode="const")
             sync()
             synth_s = time.perf_counter() - start
-            bake_s = 0.0
-            if getattr(G, "baking", lambda: False)():
+            bake_s = k_seconds[0] = 0.0
+            if baking:
                 start = time.perf_counter()
-                mpi = G.bake(mpi)
+                mpi = G.bake(mpi, eager=eager_bake)
                 sync()
                 bake_s = time.perf_counter() - start
             times, pairs = [], []
@@ -151,9 +172,16 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
                 pairs.append(int(out["n_sampled"].sum()) if "n_sampled" in out else 0)
     frame_s = sum(times) / len(times)
     per_frame = (synth_s + bake_s + frames * frame_s) / frames
+    texels = None
+    if baking:
+        texels = {"texels_baked": int(mpi["baked_mask"].sum()),
+                  "texels_eager": int(texel_mask(mpi["alpha"], G.cfg.vdr_threshold).sum()),
+                  "texels_total": mpi["baked_mask"].numel()}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU: {_cpu_name()}, {threads} threads"
     return {"model": model, "vdr": vdr if model == "gmnr" else "-", "resolution": resolution, "planes": planes,
             "video_frames": frames, "frames_timed": len(times), "synthesis_s": synth_s, "bake_s": bake_s,
+            "bake_mode": ("eager" if eager_bake else "lazy") if baking else None,
+            "k_s": k_seconds[0] if baking else None, **(texels or {}),
             "frame_s": frame_s, "seconds_per_frame": per_frame, "fps": 1 / per_frame, "device": name, "dtype": dtype,
             "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if any(pairs) else None,
             "peak_memory_mb": (torch.cuda.max_memory_allocated() if dev.type == "cuda"
@@ -167,23 +195,41 @@ def write_video_markdown(rows: list[dict], out: Path, section: str) -> None:
     command = shlex.join(["python", "benchmarks/render_speed.py", *shown])
     load = f" (1-minute load average at the end: {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
     r0 = rows[0]
+    timed = sorted({r["frames_timed"] for r in rows if r.get("bake_mode") != "lazy"})
+    timed_text = (f"{'/'.join(map(str, timed))} of the frames timed one render call each" if timed else
+                  "all frames timed")
+    lazy = any(r.get("bake_mode") == "lazy" for r in rows)
+    eager = any(r.get("bake_mode") == "eager" for r in rows)
+    baked_text = "; ".join(
+        ([f"GMNR `baked` computes K lazily: the bake call only allocates the texel cache, each frame computes "
+          f"the texels its pairs read that no earlier frame computed, so all {r0['video_frames']} frames are "
+          f"rendered in order and timed (mean frame: over all of them, on-demand K included)"] if lazy else []) +
+        (["`baked (eager)`: K baked for every texel of `texel_mask` in the bake call, before the first "
+          "frame"] if eager else []))
     lines = [f"## {section}", "",
              f"`{command}` on **{r0['device']}**{load}, {r0['dtype']}, published network sizes (random weights), one "
              f"latent seen from a {r0['video_frames']}-view yaw sweep as `gmnr render` renders a video: the MPI "
-             f"synthesised once (GMNR `baked`: K baked once on the texel grid), {r0['frames_timed']} of the frames "
-             f"timed one render call each. 'per frame' = (synthesis + bake + frames x mean frame) / frames; "
-             f"'vs GMPI' divides it by GMPI's in the same run. Memory: {r0['memory_kind']}.", "",
-             "| model | VdR | resolution | planes | synthesis (s) | bake (s) | mean frame (s) | per frame of the video (s) "
-             "| FPS | pairs / pixel | peak memory (MB) | vs GMPI |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"synthesised once, {timed_text}" + (f"; {baked_text}" if baked_text else "") + ". "
+             "'per frame' = (synthesis + bake call + frames x mean frame) / frames; 'K (s)': all the time spent "
+             "computing K over the video (the bake call's and the frames' on-demand share; not added again, "
+             "it is inside those); 'texels baked / eager': the texels whose K was computed over the video, "
+             "against the count in `texel_mask` (what the eager bake computes). "
+             f"'vs GMPI' divides 'per frame' by GMPI's in the same run. Memory: {r0['memory_kind']}.", "",
+             "| model | VdR | resolution | planes | synthesis (s) | bake call (s) | K (s) | texels baked / eager "
+             "| mean frame (s) | per frame of the video (s) | FPS | pairs / pixel | peak memory (MB) | vs GMPI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     gmpi = {(r["resolution"], r["planes"]): r["seconds_per_frame"] for r in rows if r["model"] == "gmpi"}
     for r in rows:
         key = (r["resolution"], r["planes"])
         ratio = f"{r['seconds_per_frame'] / gmpi[key]:.2f}x" if key in gmpi else "-"
         per_pixel = f"{r['vdr_pairs_per_pixel']:.2f}" if r.get("vdr_pairs_per_pixel") else "-"
-        lines.append(f"| {r['model']} | {r['vdr']} | {r['resolution']} | {r['planes']} | {r['synthesis_s']:.3f} | "
-                     f"{r['bake_s']:.3f} | {r['frame_s']:.3f} | {r['seconds_per_frame']:.3f} | {r['fps']:.3f} | "
-                     f"{per_pixel} | {r['peak_memory_mb']:.0f} | {ratio} |")
+        vdr = f"{r['vdr']} (eager)" if r.get("bake_mode") == "eager" else r["vdr"]
+        k_s = f"{r['k_s']:.3f}" if r.get("k_s") is not None else "-"
+        texels = (f"{r['texels_baked']:,} / {r['texels_eager']:,} ({r['texels_baked'] / max(r['texels_eager'], 1):.1%})"
+                  if r.get("texels_baked") is not None else "-")
+        lines.append(f"| {r['model']} | {vdr} | {r['resolution']} | {r['planes']} | {r['synthesis_s']:.3f} | "
+                     f"{r['bake_s']:.3f} | {k_s} | {texels} | {r['frame_s']:.3f} | {r['seconds_per_frame']:.3f} | "
+                     f"{r['fps']:.3f} | {per_pixel} | {r['peak_memory_mb']:.0f} | {ratio} |")
     _replace_section(out, section, "\n".join(lines) + "\n")
 
 
@@ -264,7 +310,10 @@ def main() -> None:
                         help="GMNR inference VdR modes, one row each")
     parser.add_argument("--video", type=int, default=0, metavar="FRAMES",
                         help="multi-view mode: one latent, a FRAMES-view video (see the module docstring)")
-    parser.add_argument("--timed-frames", type=int, default=4, help="multi-view mode: frames timed per row")
+    parser.add_argument("--timed-frames", type=int, default=4,
+                        help="multi-view mode: frames timed per row (GMNR lazily baked: all frames)")
+    parser.add_argument("--eager-bake", action="store_true",
+                        help="multi-view mode: GMNR `baked` bakes every texel of texel_mask before the first frame")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="multi-view mode: autocast dtype (float16 / bfloat16 on a GPU)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -279,7 +328,7 @@ def main() -> None:
         model, res, planes, vdr = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3]
         if args.video:
             print(json.dumps(measure_video(model, res, planes, args.video, args.timed_frames, args.device,
-                                           args.threads, vdr, args.dtype)))
+                                           args.threads, vdr, args.dtype, args.eager_bake)))
         else:
             print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads, vdr)))
         return
@@ -296,14 +345,18 @@ def main() -> None:
                 done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), vdr,
                                        "--repeats", str(args.repeats), "--device", args.device,
                                        "--threads", str(args.threads), "--video", str(args.video),
-                                       "--timed-frames", str(args.timed_frames), "--dtype", args.dtype],
+                                       "--timed-frames", str(args.timed_frames), "--dtype", args.dtype,
+                                       *(["--eager-bake"] if args.eager_bake else [])],
                                       capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:
                     raise SystemExit(f"{model} {res} px, {planes} planes failed:\n{done.stderr[-2000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"{model:5s} {vdr:7s} {res:5d} px {planes:3d} planes: {row['seconds_per_frame']:.3f} s/frame, "
                       f"{row['fps']:.2f} FPS, {row['peak_memory_mb']:.0f} MB, VdR pairs/pixel "
-                      f"{row['vdr_pairs_per_pixel'] or 0:.2f}", flush=True)
+                      f"{row['vdr_pairs_per_pixel'] or 0:.2f}" + (
+                          f", K {row['k_s']:.3f} s ({row['bake_mode']}), texels baked / eager "
+                          f"{row['texels_baked']:,} / {row['texels_eager']:,}" if row.get("k_s") is not None else ""),
+                      flush=True)
                 rows.append(row)
     if args.video:
         write_video_markdown(rows, args.out, args.section if args.section != "Render speed" else

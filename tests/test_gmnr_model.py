@@ -397,8 +397,91 @@ def test_chunked_bake_equals_one_pass(monkeypatch):
     gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
     with torch.no_grad():
         mpi = gmnr.synthesize(gmnr.mapping(torch.randn(2, 16), None), 5)
-        whole = gmnr.bake(mpi, torch.float32)["baked_k"]
+        whole = gmnr.bake(mpi, torch.float32, eager=True)["baked_k"]
         monkeypatch.setattr(type(gmnr), "INFERENCE_CHUNK", 13)
-        chunked = gmnr.bake(mpi, torch.float32)["baked_k"]
+        chunked = gmnr.bake(mpi, torch.float32, eager=True)["baked_k"]
     assert (whole != 0).sum() > 13 * 20
     assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_bake_is_lazy_and_eager_bake_fills_the_texel_mask():
+    from gmnr.models.gmnr import texel_mask
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(2, 16), None), 5)
+        lazy, eager = gmnr.bake(mpi), gmnr.bake(mpi, eager=True)
+    assert lazy["baked_k"].shape == (2, 5, 12, 16, 16) and lazy["baked_k"].dtype == torch.float16
+    assert not lazy["baked_mask"].any() and not lazy["baked_k"].any(), "bake() only allocates the cache"
+    assert torch.equal(eager["baked_mask"], texel_mask(mpi["alpha"], 0.01)[:, :, 0])
+    assert ((eager["baked_k"] != 0).any(2) <= eager["baked_mask"]).all()
+
+
+def _sweep(n: int):
+    yaw = torch.linspace(-0.35, 0.35, n)
+    return pose_to_cam2world(yaw, 0.05 * torch.sin(torch.arange(n) * 1.3))
+
+
+def test_lazy_baked_frames_equal_eager_baked_frames():
+    """Computing K on demand changes what is computed when, not what: the frames of a sweep rendered
+    from one lazily baked MPI (one view per call, as a video renders, then all at once) equal the
+    eagerly baked ones bit for bit, and so does every texel the lazy cache computed, even one at a
+    time (a batch of 1-3 rows can take another matrix-product path: bake_texels pads it)."""
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    cams = _sweep(6)
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(1, 16), None), 7)
+        lazy, eager = gmnr.bake(mpi), gmnr.bake(mpi, eager=True)
+        for i in range(6):
+            got, want = gmnr.render_mpi(lazy, cams[i:i + 1]), gmnr.render_mpi(eager, cams[i:i + 1])
+            assert got["n_sampled"].sum() > 50
+            assert torch.equal(got["image"], want["image"]), f"view {i}"
+        assert torch.equal(gmnr.render_mpi(gmnr.bake(mpi), cams)["image"], gmnr.render_mpi(eager, cams)["image"])
+        one_by_one = gmnr.bake(mpi)
+        texels = lazy["baked_mask"].nonzero()[::37]
+        for t in texels:
+            assert gmnr.bake_texels(one_by_one, *t[:, None]) == 1
+        assert gmnr.bake_texels(one_by_one, *texels.t()) == 0, "computed texels are not computed again"
+    done = lazy["baked_mask"][:, :, None].expand_as(lazy["baked_k"])
+    assert torch.equal(lazy["baked_k"][done], eager["baked_k"][done])
+    assert not lazy["baked_k"][~done].any()
+    b, p, y, x = texels.t()
+    assert torch.equal(one_by_one["baked_k"][b, p, :, y, x], eager["baked_k"][b, p, :, y, x])
+
+
+def test_lazy_bake_computes_only_the_texels_the_views_read():
+    """A sweep's pairs read fewer texels than texel_mask holds (it holds every texel any view could
+    read), and every corner a rendered pair reads is in the lazy cache."""
+    from gmnr.models.gmnr import bilinear_corners, texel_mask
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    cams = _sweep(8)
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(1, 16), None), 7)
+        lazy = gmnr.bake(mpi)
+        outs = [gmnr.render_mpi(lazy, cams[i:i + 1]) for i in range(8)]
+        grid = _plane_grid(plane_homographies(gmnr.canonical_cam2world, gmnr.texture_intrinsics(7)[None], cams,
+                                              gmnr.canonical_intrinsics(), mpi["depths"]), (16, 16), (16, 16))
+    weights = torch.cat([o["weights"] for o in outs])
+    b, p, y, x = (weights[:, :, 0] > gmnr.cfg.vdr_threshold).nonzero(as_tuple=True)
+    x0, y0, _, _ = bilinear_corners(grid[b, p, y, x], 16, 16)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            assert lazy["baked_mask"][0, p, y0 + dy, x0 + dx].all()
+    computed, eager = int(lazy["baked_mask"].sum()), int(texel_mask(mpi["alpha"], gmnr.cfg.vdr_threshold).sum())
+    assert 0 < computed < eager, (computed, eager)
+
+
+def test_bake_texels_one_at_a_time_equals_eager_at_published_width():
+    """MLP_K at its published width (784, 3 hidden layers), K stored in float32: texels computed one
+    per call (a late frame of a video may need a single new texel) equal the eager bake's in every bit."""
+    _, gmnr = _pair(resolution=16, planes=5, vdr_threshold=0.01, vdr_k_hidden=784, vdr_k_layers=3)
+    gmnr.eval().set_inference_vdr("baked")
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(1, 16), None), 5)
+        eager = gmnr.bake(mpi, torch.float32, eager=True)
+        lazy = gmnr.bake(mpi, torch.float32)
+        texels = eager["baked_mask"].nonzero()[::29]
+        for t in texels:
+            gmnr.bake_texels(lazy, *t[:, None])
+    b, p, y, x = texels.t()
+    assert texels.shape[0] > 20 and torch.equal(lazy["baked_mask"].sum(), torch.tensor(texels.shape[0]))
+    assert torch.equal(lazy["baked_k"][b, p, :, y, x], eager["baked_k"][b, p, :, y, x])

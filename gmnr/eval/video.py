@@ -77,8 +77,9 @@ def with_colorbar(frames: np.ndarray, near: float, far: float) -> np.ndarray:
 def render_frames(G, z: torch.Tensor, cam2world: torch.Tensor, n_planes: int | None, batch: int = 8
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [F, 3, R, R] and depths [F, 1, R, R] of one latent seen from F cameras. An MPI model
-    synthesises the latent's MPI once (and GMNR bakes its K once, ``vdr: baked``) and renders every
-    frame from it; other models render the latent per batch of frames."""
+    synthesises the latent's MPI once (GMNR ``vdr: baked``: with an empty K cache that the frames
+    fill, each texel once) and renders every frame from it; other models render the latent per
+    batch of frames."""
     ws = G.mapping(z[:1], None, truncation_psi=1.0, update_w_avg=False)
     mpi = None
     if isinstance(G, MPIRenderer):

@@ -328,19 +328,29 @@ def texel_mask(alpha: Tensor, threshold: float) -> Tensor:
     return (torch.nn.functional.max_pool2d(hot, 3, stride=1, padding=1) > 0).reshape(alpha.shape)
 
 
-def bilinear_sample(texture: Tensor, coords: Tensor, image: Tensor, plane: Tensor) -> Tensor:
-    """Bilinear samples [N, C] of per-plane textures [B, P, C, Hs, Ws] at grid coordinates [N, 2]
-    (grid_sample's align_corners=False units) on (image, plane) [N] each, clamped to the outer
-    texels (border padding: K is a property of the plane, defined up to its edge)."""
-    b, p, c, hs, ws = texture.shape
-    _require(min(hs, ws) >= 2 and coords.shape == (image.numel(), 2) and plane.shape == image.shape,
-             f"bilinear_sample expects textures >= 2 x 2 and coords [N, 2], image [N], plane [N]; got "
-             f"{tuple(texture.shape)}, {tuple(coords.shape)}, {tuple(image.shape)}, {tuple(plane.shape)}")
+def bilinear_corners(coords: Tensor, hs: int, ws: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The texels a bilinear sample of an Hs x Ws texture at grid coordinates [N, 2] (grid_sample's
+    align_corners=False units, clamped to the outer texels) reads: the top-left corner x0, y0 [N]
+    (long; the others are x0 + 1 and y0 + 1, all inside the texture) and the weights fx, fy [N]
+    (float32) of the right and bottom ones."""
     coords = coords.to(torch.float32)
     x = ((coords[:, 0] + 1) * ws / 2 - 0.5).clamp(0, ws - 1)
     y = ((coords[:, 1] + 1) * hs / 2 - 0.5).clamp(0, hs - 1)
     x0, y0 = x.floor().long().clamp(max=ws - 2), y.floor().long().clamp(max=hs - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    return x0, y0, x - x0, y - y0
+
+
+def bilinear_sample(texture: Tensor, coords: Tensor, image: Tensor, plane: Tensor) -> Tensor:
+    """Bilinear samples [N, C] of per-plane textures [B, P, C, Hs, Ws] at grid coordinates [N, 2]
+    (grid_sample's align_corners=False units) on (image, plane) [N] each, clamped to the outer
+    texels (border padding: K is a property of the plane, defined up to its edge). The texels read
+    are :func:`bilinear_corners`."""
+    b, p, c, hs, ws = texture.shape
+    _require(min(hs, ws) >= 2 and coords.shape == (image.numel(), 2) and plane.shape == image.shape,
+             f"bilinear_sample expects textures >= 2 x 2 and coords [N, 2], image [N], plane [N]; got "
+             f"{tuple(texture.shape)}, {tuple(coords.shape)}, {tuple(image.shape)}, {tuple(plane.shape)}")
+    x0, y0, fx, fy = bilinear_corners(coords, hs, ws)
+    fx, fy = fx[:, None], fy[:, None]
     flat = texture.permute(0, 1, 3, 4, 2).reshape(-1, c)                       # [B * P * Hs * Ws, C]
     base = (image * p + plane) * hs
 
@@ -404,29 +414,62 @@ class GMNRGenerator(GMPIGenerator):
         return self.cfg.vdr_enabled and not self.training and self.inference_vdr == "baked"
 
     @torch.no_grad()
-    def bake(self, mpi: dict[str, Tensor], dtype: torch.dtype = BAKED_DTYPE) -> dict[str, Tensor]:
-        """The MPI with ``baked_k`` [B, P, 12, R, R]: MLP_K evaluated once on every plane's texel grid
-        (texel centres, align_corners=True units: u = -1 + 2 j / (R - 1)) inside :func:`texel_mask`,
-        0 elsewhere. K depends on the texel, the plane and the latent, not on the view (NeX's
-        factorisation), so every view of this MPI samples it like a colour. Chunked: at most
-        :attr:`INFERENCE_CHUNK` texels go through the MLP at once."""
-        alpha, depths, w = mpi["alpha"], mpi["depths"], mpi["w"]
+    def bake(self, mpi: dict[str, Tensor], dtype: torch.dtype = BAKED_DTYPE, eager: bool = False
+             ) -> dict[str, Tensor]:
+        """The MPI with the texel-grid cache of K: ``baked_k`` [B, P, 12, R, R] (``dtype``) and
+        ``baked_mask`` [B, P, R, R] (bool: the texels computed so far). K is MLP_K at the texel
+        centres (align_corners=True units: u = -1 + 2 j / (R - 1)); it depends on the texel, the
+        plane and the latent, not on the view (NeX's factorisation), so every view of this MPI
+        samples it like a colour.
+
+        Lazy (default): the cache starts empty and each view rendered from this dict computes the
+        texels its pairs read that no earlier view computed (:meth:`bake_texels`), so a video
+        computes each texel it needs once. ``eager``: every texel inside :func:`texel_mask` (all an
+        eligible pair can read) at once, the same values. Uncomputed texels hold 0."""
+        alpha = mpi["alpha"]
         b, p, _, hs, ws = alpha.shape
-        mask = texel_mask(alpha, self.cfg.vdr_threshold)[:, :, 0]                   # [B, P, R, R]
         baked = torch.zeros(b, p, hs, ws, 12, dtype=dtype, device=alpha.device)
-        latent, plane, row, col = mask.nonzero(as_tuple=True)
-        us = torch.linspace(-1, 1, ws, device=alpha.device)
-        vs = torch.linspace(-1, 1, hs, device=alpha.device)
-        for c in self._chunks(latent.numel()):
-            uv = torch.stack([us[col[c]], vs[row[c]]], dim=1)
-            k = self.vdr.position_coefficients(uv, depths.to(uv), plane[c], w, latent[c])    # [N, 3, 4]
-            baked[latent[c], plane[c], row[c], col[c]] = k.reshape(-1, 12).to(dtype)
-        return {**mpi, "baked_k": baked.permute(0, 1, 4, 2, 3)}
+        mask = torch.zeros(b, p, hs, ws, dtype=torch.bool, device=alpha.device)
+        out = {**mpi, "baked_k": baked.permute(0, 1, 4, 2, 3), "baked_mask": mask}
+        if eager:
+            self.bake_texels(out, *texel_mask(alpha, self.cfg.vdr_threshold)[:, :, 0].nonzero(as_tuple=True))
+        return out
+
+    @torch.no_grad()
+    def bake_texels(self, mpi: dict[str, Tensor], latent: Tensor, plane: Tensor, row: Tensor, col: Tensor) -> int:
+        """Computes K into ``mpi["baked_k"]`` at those of the texels (latent, plane, row, col) [N]
+        (repeats allowed) that ``mpi["baked_mask"]`` does not yet hold, marks them, and returns how
+        many it computed. In place: the cache fills up across the views rendered from one dict.
+        Chunked: at most :attr:`INFERENCE_CHUNK` texels go through the MLP at once."""
+        cache, done = mpi["baked_k"], mpi["baked_mask"]
+        b, p, hs, ws = done.shape
+        key = ((latent * p + plane) * hs + row) * ws + col
+        key = key[~done.reshape(-1)[key]].unique()  # the new texels, each once, in (latent, plane, row, col) order
+        if key.numel() == 0:
+            return 0
+        col, row = key % ws, key // ws % hs
+        plane, latent = key // (ws * hs) % p, key // (ws * hs * p)
+        texels = cache.permute(0, 1, 3, 4, 2)                                         # [B, P, R, R, 12] view
+        depths, w = mpi["depths"], mpi["w"]
+        us = torch.linspace(-1, 1, ws, device=cache.device)
+        vs = torch.linspace(-1, 1, hs, device=cache.device)
+        for c in self._chunks(key.numel()):
+            n = latent[c].numel()
+            # a batch of a few rows can take another matrix-product path (on a CPU: 1-3 rows differ
+            # from the same rows in a larger batch in the last float32 bit): pad it with repeats
+            pad = (slice(None) if n >= self.MIN_BAKE_ROWS else
+                   torch.arange(self.MIN_BAKE_ROWS, device=key.device).clamp(max=n - 1))
+            uv = torch.stack([us[col[c][pad]], vs[row[c][pad]]], dim=1)
+            k = self.vdr.position_coefficients(uv, depths.to(uv), plane[c][pad], w, latent[c][pad])[:n]  # [N, 3, 4]
+            texels[latent[c], plane[c], row[c], col[c]] = k.reshape(-1, 12).to(cache.dtype)
+        done.view(-1)[key] = True
+        return key.numel()
 
     # Pairs (and pixels) per chunk when no gradient is recorded: bounds the per-pair tensors and
     # MLP_K's hidden activations (784 wide at the published size) to ~200 MB however many pairs a
     # 1024 px frame has. With autograd everything runs in one pass.
     INFERENCE_CHUNK = 1 << 16
+    MIN_BAKE_ROWS = 16  # see bake_texels
 
     def _chunks(self, n: int) -> list[slice]:
         if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
@@ -460,17 +503,18 @@ class GMNRGenerator(GMPIGenerator):
         pairs = sample_pairs(out["weights"], fraction, self.cfg.vdr_threshold, generator, vdr_views)
         if pairs.batch.numel() > 0:
             baked = None
-            if self.baking():  # bake once per MPI: a caller rendering many views passes the baked MPI back
-                baked = (mpi if "baked_k" in mpi else self.bake(mpi))["baked_k"]
+            if self.baking():  # K cached per MPI: a caller rendering many views passes the baked MPI back
+                baked = mpi if "baked_k" in mpi else self.bake(mpi)
             out["image"] = out["image"] + self._vdr_correction(pairs, grid, rgb_t, out, mpi["w"], cam2world, baked)
         out["n_sampled"] = torch.bincount(pairs.batch, minlength=views)
         return out
 
     def _vdr_correction(self, pairs: SampledPairs, grid: Tensor, rgb_t: Tensor, out: dict[str, Tensor],
-                        w: Tensor, cam2world: Tensor, baked_k: Tensor | None = None) -> Tensor:
+                        w: Tensor, cam2world: Tensor, baked: dict[str, Tensor] | None = None) -> Tensor:
         """The image change [B * V, 3, R, R] from giving the sampled pairs view-dependent colour.
-        ``baked_k`` [B, P, 12, R, R] (:meth:`bake`): K sampled bilinearly from the texel grid instead
-        of MLP_K at each pair's exact texture coordinate."""
+        ``baked`` (an MPI with :meth:`bake`'s cache): K sampled bilinearly from the texel grid instead
+        of MLP_K at each pair's exact texture coordinate, the texels it reads computed first where
+        the cache lacks them."""
         image, depths = out["image"], out["plane_depths"].to(grid)                              # [P] metric
         views, res = image.shape[0], image.shape[-1]
         per_latent = views // w.shape[0]
@@ -489,11 +533,16 @@ class GMNRGenerator(GMPIGenerator):
             pixel = (chunk.batch * res + chunk.y) * res + chunk.x
             # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
             coords = gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk)                          # [N, 2]
-            if baked_k is None:
+            latent = chunk.batch // per_latent
+            if baked is None:
                 uv = (coords * to_texel_centre_units).clamp(-1.0, 1.0)
-                k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, chunk.batch // per_latent)  # [N, 3, 4]
+                k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, latent)  # [N, 3, 4]
             else:  # the views of one latent share its baked K
-                k = bilinear_sample(baked_k, coords, chunk.batch // per_latent, chunk.plane).view(-1, 3, 4)
+                hs, ws = baked["baked_k"].shape[-2:]
+                x0, y0, _, _ = bilinear_corners(coords, hs, ws)
+                self.bake_texels(baked, *(torch.cat([t] * 4) for t in (latent, chunk.plane)),
+                                 torch.cat([y0, y0, y0 + 1, y0 + 1]), torch.cat([x0, x0 + 1, x0, x0 + 1]))
+                k = bilinear_sample(baked["baked_k"], coords, latent, chunk.plane).view(-1, 3, 4)
             delta = (k * gather_rows(h_pixels, pixel).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
             c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1]
             new = (c01 + delta.to(c01)).clamp(0.0, 1.0)
