@@ -64,7 +64,8 @@ def _clip(parameters, max_norm: float | None) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, params: Params, data_dir: Path, run_dir: Path, info: dist.DistInfo):
+    def __init__(self, params: Params, data_dir: Path, run_dir: Path, info: dist.DistInfo,
+                 data_print: str | None = None):
         params = resolve_architecture(params)  # null gmpi sizes: the pretrained file's own; what checkpoints record
         self.params, self.info, self.run_dir = params, info, Path(run_dir)
         t = params.train
@@ -80,7 +81,7 @@ class Trainer:
         self.batch = self.phase.batch_per_gpu
         self.total_batch = self.batch * info.world_size
         self.dataset = PackedDataset(data_dir, params.training_resolution())
-        self.data_fingerprint = data_fingerprint(data_dir)  # recorded with every checkpoint
+        self.data_fingerprint = data_print or data_fingerprint(data_dir)  # recorded with every checkpoint
         torch.manual_seed(params.seed)  # initial weights: identical on every rank
         self.G = build_generator(params).to(self.device).train()
         self.D = build_discriminator(params).to(self.device).train()
@@ -284,11 +285,11 @@ def changed_training_params(config: dict, params: Params) -> list[str]:
                   if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
 
 
-def finished_run(run_dir: Path, params: Params, data_dir: Path) -> dict | None:
+def finished_run(run_dir: Path, params: Params, data_dir: Path, data_print: str | None = None) -> dict | None:
     """The summary (train.json) of the finished run in ``run_dir`` when its ``final.pt`` was trained
     on the packed set in ``data_dir`` as it is now (:func:`data_fingerprint`) with these params, as far
     as training reads them (:func:`changed_training_params`), to ``train.steps``; None when there is
-    none or it differs."""
+    none or it differs. ``data_print``: the set's fingerprint when the caller has it already."""
     import json
     final, summary = Path(run_dir) / "final.pt", Path(run_dir) / "train.json"
     if not (final.is_file() and summary.is_file()):
@@ -300,7 +301,7 @@ def finished_run(run_dir: Path, params: Params, data_dir: Path) -> dict | None:
         return None
     same = (state.get("model") == params.model and int(state.get("step", -1)) == params.train.steps
             and recorded.get("step") == params.train.steps
-            and state.get("data_fingerprint") == data_fingerprint(data_dir)
+            and state.get("data_fingerprint") == (data_print or data_fingerprint(data_dir))
             and not changed_training_params(state.get("config", {}), params))
     return recorded if same else None
 
@@ -319,7 +320,8 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
     from gmnr.tracking import stage_run
 
     info = dist.init(params.train.device)
-    done = finished_run(run_dir, resolve_architecture(params), data_dir)
+    data_print = data_fingerprint(data_dir)  # read once: the finished-run check and the checkpoints use it
+    done = finished_run(run_dir, resolve_architecture(params), data_dir, data_print)
     if done is not None:
         # DVC reruns a train stage when any param it lists changes (its params lists cannot differ per model:
         # dvc.yaml), e.g. a GMPI knob for MVCGAN. What this model reads is unchanged: keep its outputs as
@@ -329,7 +331,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
                   f"no param {params.model} reads has changed: nothing to do", flush=True)
         dist.shutdown()
         return done
-    trainer = Trainer(params, data_dir, run_dir, info)
+    trainer = Trainer(params, data_dir, run_dir, info, data_print)
     resumed = trainer.resume()
     pretrained = None if resumed else trainer.init_pretrained()
     t = params.train
