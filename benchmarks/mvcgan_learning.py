@@ -74,6 +74,28 @@ def figures(run: Path, stem: Path) -> None:
     iio.imwrite(stem.with_name(stem.name + "-depth.png"), np.concatenate(frames, 0)[::2, ::2])
 
 
+def field_geometry(G, params, latents: int = 4) -> dict:
+    """Is the radiance field forming a surface? Over ``latents`` latents seen from the frontal camera
+    (seed 0): the densities' mean and 99th percentile, the opacity the samples in front of the far wall
+    reach (1 - exp(-sum relu(sigma) delta); an opaque head needs about 1), and the spread of the
+    expected depth across each image (0 for a flat wall: no head in front of a background)."""
+    import torch
+
+    from gmnr.render.camera import pose_to_cam2world
+    torch.manual_seed(0)
+    z = torch.randn(latents, G.z_dim)
+    cam = params.model_camera()
+    c2w = pose_to_cam2world(torch.zeros(latents), torch.zeros(latents), 0.0, cam.radius, tuple(cam.center))
+    with torch.no_grad():
+        out = G.render_rays(G.mapping(z, None), c2w)
+    sigma, t = out["sigma_raw"], out["t_raw"]
+    front = (sigma[..., :-1].relu() * (t[..., 1:] - t[..., :-1])).sum(-1)
+    return {"sigma_mean": round(float(sigma.mean()), 3),
+            "sigma_p99": round(float(sigma.flatten().quantile(0.99)), 3),
+            "opacity_before_far_wall": round(float((1 - torch.exp(-front)).mean()), 4),
+            "depth_std_in_image": round(float(out["depth_raw"].flatten(1).std(1).mean()), 5)}
+
+
 def plot(curve: list[tuple[int, float]], init: float, title: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -128,13 +150,16 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml", overrides)
     G, *_ = _load(params, out / "final.pt", "init", torch.device("cpu"))  # the trainer's seeded start
     init = round(fid(G, params), 2)
+    geometry = {0: field_geometry(G, params)}
     curve = []
     for ckpt in sorted((out / "checkpoints").glob("step-*.pt")):
         G, ckpt_params, state = load_generator(ckpt)
-        curve.append((int(state["step"]), round(fid(G, ckpt_params), 2)))
-        print(f"step {curve[-1][0]}: FID {curve[-1][1]}", flush=True)
+        step = int(state["step"])
+        curve.append((step, round(fid(G, ckpt_params), 2)))
+        geometry[step] = field_geometry(G, ckpt_params)
+        print(f"step {step}: FID {curve[-1][1]}, field {geometry[step]}", flush=True)
     result = {"variant": args.variant, "overrides": overrides, "train_seconds": round(train_s, 1),
-              "threads": args.threads, "fid_init": init, "fid_by_step": dict(curve),
+              "threads": args.threads, "fid_init": init, "fid_by_step": dict(curve), "field_by_step": geometry,
               "best": min(curve, key=lambda c: c[1]) if curve else None}
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)

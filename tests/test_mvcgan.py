@@ -168,6 +168,13 @@ def test_render_is_pi_gans_forward_pass_for_single_rays(G):
         cos = float((dirs[0, i, j] * c2w[0, :3, 2]).sum())
         assert float(out["depth_raw"][0, 0, i, j]) == pytest.approx(float(dist) * cos, abs=1e-5)  # camera z
     assert out["features"].shape == (1, p.mvcgan.siren_hidden, 4, 4)
+    # the densities and distances it returns are the ones it composited (what the geometry is)
+    assert out["sigma_raw"].shape == out["t_raw"].shape == (1, 4, 4, 16)
+    assert torch.allclose(out["t_raw"][0, 1, 2], t)  # bin centres, no jitter outside training
+    from gmnr.render.volume import composite
+    again = composite(out["sigma_raw"], torch.zeros(1, 4, 4, 16, 1), out["t_raw"])["depth"]  # distance along rays
+    cos = (dirs[0] * c2w[0, :3, 2]).sum(-1)
+    assert torch.allclose(again[0] * cos, out["depth_raw"][0, 0], atol=1e-5)
 
 
 def test_field_init_is_pi_gans():

@@ -366,8 +366,9 @@ class MVCGANGenerator(nn.Module):
         """Volume-render the codes ``ws`` [B, 1, code_dim] from ``cam2world`` [B * V, 4, 4] (V views
         per latent, latent-major) at the ray resolution r. Returns ``features`` [B * V, F, r, r],
         ``rgb_raw`` [B * V, 3, r, r] in [0, 1] (the field's own colour), ``image_raw`` (the same in
-        [-1, 1]), ``depth_raw`` [B * V, 1, r, r] (camera z), ``opacity_raw`` and ``k_rays`` (pixel
-        intrinsics at r, [1 or B * V, 3, 3]).
+        [-1, 1]), ``depth_raw`` [B * V, 1, r, r] (camera z), ``opacity_raw``, ``k_rays`` (pixel
+        intrinsics at r, [1 or B * V, 3, 3]), and the densities ``sigma_raw`` [B * V, r, r, S] at the
+        sample distances ``t_raw`` [B * V, r, r, S] (before density noise: what the geometry is).
 
         ``noise_mode='random'`` (training) jitters the samples within their bins and adds density
         noise; the light no sample stops is lost (pi-GAN's ``last_back: False``). Otherwise the
@@ -403,7 +404,8 @@ class MVCGANGenerator(nn.Module):
         rgb_raw, features = rendered[:, :3], rendered[:, 3:]
         depth = (out["depth"] * cos)[:, None]  # expected distance along the ray -> camera z
         return {"features": features, "rgb_raw": rgb_raw, "image_raw": rgb_raw * 2 - 1, "depth_raw": depth,
-                "opacity_raw": out["opacity"][:, None], "k_rays": k}
+                "opacity_raw": out["opacity"][:, None], "k_rays": k,
+                "sigma_raw": sigma.reshape(n, r, r, s), "t_raw": t}
 
     def decode(self, ws: Tensor, features: Tensor) -> Tensor:
         """Rendered features [B * V, F, r, r] -> image [B * V, 3, R, R] at the stage's resolution."""
