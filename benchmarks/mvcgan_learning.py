@@ -158,10 +158,13 @@ def main() -> None:
         curve.append((step, round(fid(G, ckpt_params), 2)))
         geometry[step] = field_geometry(G, ckpt_params)
         print(f"step {step}: FID {curve[-1][1]}, field {geometry[step]}", flush=True)
+    results = ROOT / "benchmarks" / "results"
+    previous = results / f"mvcgan_learning-{args.variant}-{args.steps}.json"
+    if json.loads((out / "train.json").read_text()).get("resumed_from") and previous.is_file():
+        train_s += json.loads(previous.read_text()).get("train_seconds", 0.0)  # a resumed run adds its time
     result = {"variant": args.variant, "overrides": overrides, "train_seconds": round(train_s, 1),
               "threads": args.threads, "fid_init": init, "fid_by_step": dict(curve), "field_by_step": geometry,
               "best": min(curve, key=lambda c: c[1]) if curve else None}
-    results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"mvcgan_learning-{args.variant}-{args.steps}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(curve, init, f"MVCGAN on the demo set, variant {args.variant}",
