@@ -379,7 +379,7 @@ class MVCGAN(Strict):
         if not starts or starts[0] != 0:
             raise ValueError(f"curriculum must be a non-empty list whose first stage has start 0, got starts {starts}")
         if any(b <= a for a, b in zip(starts, starts[1:])):
-            raise ValueError(f"curriculum stage starts must increase strictly, got {starts}")
+            raise ValueError(f"curriculum phase starts must increase strictly, got {starts}")
         return self
 
 
