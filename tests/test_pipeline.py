@@ -164,8 +164,8 @@ def test_a_gmpi_knob_retrains_gmpi_and_gmnr_and_leaves_mvcgan_alone_in_both_engi
     finally:
         params_file.write_text(original)
         lock.write_bytes(original_lock)
-        # DVC relinks final.pt from its cache after the stage: the same bytes with a new time, which a
-        # later Snakemake run would read as a new checkpoint (README, "Two engines"); put it back
+        # The rerun renews final.pt's time (and DVC relinks it from its cache): the same bytes with a new
+        # time, which a later Snakemake run would read as a new checkpoint (README, "Two engines"); put it back
         os.utime(final, ns=(before_ns, before_ns))
     done, _ = _snakemake("-n", cwd=project)
     assert "Nothing to be done" in done.stdout + done.stderr

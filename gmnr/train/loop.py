@@ -285,6 +285,17 @@ def changed_training_params(config: dict, params: Params) -> list[str]:
                   if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
 
 
+def _renew_times(run_dir: Path) -> None:
+    """Give the finished run's outputs (final.pt, train.json, samples/) the time of this rerun, bytes
+    untouched: an engine that reran the stage (its inputs are newer than the outputs) must find them
+    newer than those inputs, or Snakemake would rerun it (deleting samples/ first) next time."""
+    import os
+    for path in (run_dir / "final.pt", run_dir / "train.json", *sorted((run_dir / "samples").glob("*")),
+                 run_dir / "samples"):
+        if path.exists():
+            os.utime(path)
+
+
 def finished_run(run_dir: Path, params: Params, data_dir: Path, data_print: str | None = None) -> dict | None:
     """The summary (train.json) of the finished run in ``run_dir`` when its ``final.pt`` was trained
     on the packed set in ``data_dir`` as it is now (:func:`data_fingerprint`) with these params, as far
@@ -329,6 +340,7 @@ def train(params: Params, data_dir: Path, run_dir: Path, progress: bool = True, 
         if info.is_main:
             print(f"gmnr train: {run_dir / 'final.pt'} is this run, finished (step {done['step']}); "
                   f"no param {params.model} reads has changed: nothing to do", flush=True)
+            _renew_times(run_dir)
         dist.shutdown()
         return done
     trainer = Trainer(params, data_dir, run_dir, info, data_print)
