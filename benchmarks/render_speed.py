@@ -106,7 +106,7 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
 
 
 def measure_video(model: str, resolution: int, planes: int, frames: int, timed: int, device: str, threads: int,
-                  vdr: str = "all", dtype: str = "float32", eager_bake: bool = False) -> dict:
+                  vdr: str = "all", dtype: str = "float32", eager_bake: bool = False, bake_matmul: str = "auto") -> dict:
     """One latent, a ``frames``-view yaw sweep (see the module docstring): seconds of the synthesis,
     the bake call, each of ``timed`` frames (all of them when K is baked lazily) and the computation
     of K wherever it happens, and the per-frame time of the whole video."""
@@ -114,7 +114,7 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, set_inference_vdr
-    from gmnr.models.gmnr import texel_mask
+    from gmnr.models.gmnr import fast_bfloat16, texel_mask
     from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
@@ -127,6 +127,10 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     yaw = cam.truncation * cam.yaw_std * torch.sin(torch.arange(frames) / frames * 2 * torch.pi)
     cams = pose_to_cam2world(yaw, torch.zeros(frames), 0.0, cam.radius, tuple(cam.center)).to(dev)
     baking = getattr(G, "baking", lambda: False)()
+    k_products = None
+    if baking:
+        G.bake_matmul = bake_matmul
+        k_products = "bfloat16" if bake_matmul == "bfloat16" or (bake_matmul == "auto" and fast_bfloat16(dev)) else "float32"
     lazy = baking and not eager_bake
     # lazily baked K: a frame's cost depends on the frames before it, so every frame is rendered and timed
     picked = list(range(frames)) if lazy else torch.linspace(0, frames - 1, timed).round().long().tolist()
@@ -139,10 +143,10 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     if baking:  # time every computation of K (the eager bake's and the on-demand one inside the frames)
         bake_texels = G.bake_texels
 
-        def timed_bake_texels(*args):
+        def timed_bake_texels(*args, **kwargs):
             sync()
             start = time.perf_counter()
-            n = bake_texels(*args)
+            n = bake_texels(*args, **kwargs)
             sync()
             k_seconds[0] += time.perf_counter() - start
             return n
@@ -180,7 +184,7 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU: {_cpu_name()}, {threads} threads"
     return {"model": model, "vdr": vdr if model == "gmnr" else "-", "resolution": resolution, "planes": planes,
             "video_frames": frames, "frames_timed": len(times), "synthesis_s": synth_s, "bake_s": bake_s,
-            "bake_mode": ("eager" if eager_bake else "lazy") if baking else None,
+            "bake_mode": ("eager" if eager_bake else "lazy") if baking else None, "k_products": k_products,
             "k_s": k_seconds[0] if baking else None, **(texels or {}),
             "frame_s": frame_s, "seconds_per_frame": per_frame, "fps": 1 / per_frame, "device": name, "dtype": dtype,
             "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if any(pairs) else None,
@@ -213,7 +217,8 @@ def write_video_markdown(rows: list[dict], out: Path, section: str) -> None:
              "'per frame' = (synthesis + bake call + frames x mean frame) / frames; 'K (s)': all the time spent "
              "computing K over the video (the bake call's and the frames' on-demand share; not added again, "
              "it is inside those); 'texels baked / eager': the texels whose K was computed over the video, "
-             "against the count in `texel_mask` (what the eager bake computes). "
+             "against the count in `texel_mask` (what the eager bake computes); 'K in bfloat16 / float32': the "
+             "dtype of MLP_K's matrix products in the bake (`GMNRGenerator.bake_matmul`). "
              f"'vs GMPI' divides 'per frame' by GMPI's in the same run. Memory: {r0['memory_kind']}.", "",
              "| model | VdR | resolution | planes | synthesis (s) | bake call (s) | K (s) | texels baked / eager "
              "| mean frame (s) | per frame of the video (s) | FPS | pairs / pixel | peak memory (MB) | vs GMPI |",
@@ -223,7 +228,8 @@ def write_video_markdown(rows: list[dict], out: Path, section: str) -> None:
         key = (r["resolution"], r["planes"])
         ratio = f"{r['seconds_per_frame'] / gmpi[key]:.2f}x" if key in gmpi else "-"
         per_pixel = f"{r['vdr_pairs_per_pixel']:.2f}" if r.get("vdr_pairs_per_pixel") else "-"
-        vdr = f"{r['vdr']} (eager)" if r.get("bake_mode") == "eager" else r["vdr"]
+        vdr = r["vdr"] + "".join(f", {x}" for x in ("eager" if r.get("bake_mode") == "eager" else None,
+                                                       r.get("k_products") and f"K in {r['k_products']}") if x)
         k_s = f"{r['k_s']:.3f}" if r.get("k_s") is not None else "-"
         texels = (f"{r['texels_baked']:,} / {r['texels_eager']:,} ({r['texels_baked'] / max(r['texels_eager'], 1):.1%})"
                   if r.get("texels_baked") is not None else "-")
@@ -314,6 +320,9 @@ def main() -> None:
                         help="multi-view mode: frames timed per row (GMNR lazily baked: all frames)")
     parser.add_argument("--eager-bake", action="store_true",
                         help="multi-view mode: GMNR `baked` bakes every texel of texel_mask before the first frame")
+    parser.add_argument("--bake-matmul", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+                        help="multi-view mode: GMNR `baked` rows, one per dtype of the baked K's matrix products "
+                             "(auto: bfloat16 where the device multiplies it natively)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="multi-view mode: autocast dtype (float16 / bfloat16 on a GPU)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -322,13 +331,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--section", default="Render speed",
                         help="title of the table's section in --out (replaced when it exists, else appended)")
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # child process mode: model res planes vdr
+    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)  # child process mode: model res planes vdr matmul
     args = parser.parse_args()
     if args.one:
-        model, res, planes, vdr = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3]
+        model, res, planes, vdr, matmul = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3], args.one[4]
         if args.video:
             print(json.dumps(measure_video(model, res, planes, args.video, args.timed_frames, args.device,
-                                           args.threads, vdr, args.dtype, args.eager_bake)))
+                                           args.threads, vdr, args.dtype, args.eager_bake, matmul)))
         else:
             print(json.dumps(measure(model, res, planes, args.repeats, args.device, args.threads, vdr)))
         return
@@ -338,11 +347,12 @@ def main() -> None:
     for res in args.resolutions:
         for planes in args.planes:
             # models side by side for each point: one timing environment
-            points = [(m, v) for m in args.models for v in (args.gmnr_vdr if m == "gmnr" else ["-"])]
-            for model, vdr in points:
+            points = [(m, v, k) for m in args.models for v in (args.gmnr_vdr if m == "gmnr" else ["-"])
+                      for k in (args.bake_matmul if v == "baked" and args.video else ["auto"])]
+            for model, vdr, matmul in points:
                 if model == "mvcgan" and planes != args.planes[0]:
                     continue  # planes mean nothing to a radiance field: one row per resolution
-                done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), vdr,
+                done = subprocess.run([sys.executable, __file__, "--one", model, str(res), str(planes), vdr, matmul,
                                        "--repeats", str(args.repeats), "--device", args.device,
                                        "--threads", str(args.threads), "--video", str(args.video),
                                        "--timed-frames", str(args.timed_frames), "--dtype", args.dtype,

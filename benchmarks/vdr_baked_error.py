@@ -33,6 +33,7 @@ def main() -> None:
 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, load_generator
+    from gmnr.models.gmnr import fast_bfloat16
     from gmnr.render.camera import pose_to_cam2world
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=2)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bake-matmul", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="the baked K's matrix products (GMNRGenerator.bake_matmul; auto: bfloat16 where the "
+                             "device multiplies it natively)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,6 +63,9 @@ def main() -> None:
         G = build_generator(params).eval().requires_grad_(False)
         label = f"random weights ({'published' if args.published else 'demo'} sizes)"
     planes = args.planes or G.cfg.planes_eval
+    G.bake_matmul = args.bake_matmul
+    products = "bfloat16" if args.bake_matmul == "bfloat16" or (args.bake_matmul == "auto" and fast_bfloat16(
+        torch.device("cpu"))) else "float32"
     cam = params.camera()
     yaw = torch.linspace(-1, 1, args.views) * cam.truncation * cam.yaw_std
     cams = pose_to_cam2world(yaw, torch.zeros(args.views), 0.0, cam.radius, tuple(cam.center))
@@ -82,28 +89,31 @@ def main() -> None:
     vdr_psnr, vdr_max = _psnr(images["off"], images["all"])
     res = G.cfg.resolution
     per_pixel = pairs / (args.latents * args.views * res * res)
-    print(f"{label}, {res} px, {planes} planes: baked vs all PSNR {psnr:.2f} dB, max |diff| {max_abs:.5f} "
+    print(f"{label}, {res} px, {planes} planes, K products in {products}: baked vs all PSNR {psnr:.2f} dB, max |diff| {max_abs:.5f} "
           f"(8-bit step {1 / 255:.5f}); off vs all PSNR {vdr_psnr:.2f} dB, max {vdr_max:.5f}; {per_pixel:.2f} pairs/pixel")
     argv = sys.argv[1:]
     shown = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i > 0 and argv[i - 1] == "--out")]
     command = " ".join(["python", "benchmarks/vdr_baked_error.py", *shown])
     section = "## GMNR baked vs all: error of the interpolated K"
-    row = (f"| {label} | {res} | {planes} | {args.latents} x {args.views} | {per_pixel:.2f} | {psnr:.2f} | "
+    row = (f"| {label} | {res} | {planes} | {products} | {args.latents} x {args.views} | {per_pixel:.2f} | {psnr:.2f} | "
            f"{max_abs:.5f} | {vdr_psnr:.2f} | {vdr_max:.4f} | `{command}` |")
     header = [section, "",
               "Frames of a yaw sweep over the pose box, compared over every pixel in [0, 1] units. `baked` bakes K "
-              "once per MPI on the texel grid (float16) and interpolates it bilinearly; `all` runs MLP_K at each "
+              "once per MPI on the texel grid (stored in float16; its matrix products in the 'K products' dtype, "
+              "see `GMNRGenerator.bake_matmul`) and interpolates it bilinearly; `all` runs MLP_K in float32 at each "
               "pair's exact texture coordinate. The `off` columns measure the view-dependent term itself (what "
               "`all` adds to GMPI's colour), the scale the baking error is to be read against. An 8-bit colour "
               "step is 0.0039.", "",
-              "| weights | resolution | planes | latents x views | pairs / pixel | baked vs all PSNR (dB) | max abs diff "
+              "| weights | resolution | planes | K products | latents x views | pairs / pixel | baked vs all PSNR (dB) | max abs diff "
               "| off vs all PSNR (dB) | off vs all max abs diff | command |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     if section in text:
         start = text.index(section)
         end = text.find("\n## ", start + 1)
         body = text[start:end if end >= 0 else len(text)].rstrip("\n").splitlines()
+        if header[4] not in body:  # the table's columns changed: its old rows do not fit them
+            body = header
         body = [line for line in body if not line.endswith(f"`{command}` |")] + [row]
         text = text[:start] + "\n".join(body) + "\n" + (text[end:] if end >= 0 else "")
     else:

@@ -361,6 +361,7 @@ def test_baked_equals_all_where_k_is_constant_over_the_texels():
     float32 here) renders what `all` renders, pair for pair; with float16 storage within its rounding."""
     import gmnr.models.gmnr as gmnr_module
     gmnr = _baked_pair(uv_dependent=False)
+    gmnr.bake_matmul = "float32"  # bfloat16 products: test_bfloat16_bake_is_close_to_float32
     ws = gmnr.mapping(torch.randn(2, 16), None)
     cams = _cams(4)
     with torch.no_grad():
@@ -373,6 +374,29 @@ def test_baked_equals_all_where_k_is_constant_over_the_texels():
     assert torch.allclose(got["image"], exact["image"], atol=1e-5)
     assert (half["image"] - exact["image"]).abs().max() < 2 * 4 * 2.5e-4 * 2  # |dK| <= 2^-12 per entry, |H| <= 1
     assert gmnr_module.BAKED_DTYPE == torch.float16
+
+
+def test_bfloat16_bake_is_close_to_float32_and_auto_uses_it_where_the_device_is_fast(monkeypatch):
+    """K's products in bfloat16 (8-bit mantissa inputs, float32 sums) move K by a few 2^-9 of its
+    scale, not more, and every texel is still computed; "auto" picks bfloat16 exactly when
+    fast_bfloat16 says the device multiplies it natively."""
+    import gmnr.models.gmnr as gmnr_module
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(2, 16), None), 5)
+        bakes = {}
+        for mode, fast in (("float32", True), ("bfloat16", False), ("auto", True), ("auto", False)):
+            monkeypatch.setattr(gmnr_module, "fast_bfloat16", lambda device, fast=fast: fast)
+            gmnr.bake_matmul = mode
+            bakes[mode, fast] = gmnr.bake(mpi, torch.float32, eager=True)
+    reference = bakes["float32", True]["baked_k"]
+    err = (bakes["bfloat16", False]["baked_k"] - reference).abs()
+    assert 0 < err.max() < 0.01 and err.max() < 0.05 * reference.abs().max()
+    assert torch.equal(bakes["auto", True]["baked_k"], bakes["bfloat16", False]["baked_k"])
+    assert torch.equal(bakes["auto", False]["baked_k"], reference)
+    gmnr.bake_matmul = "float16"
+    with pytest.raises(ValueError, match="bake_matmul"):
+        gmnr.bake(mpi, eager=True)
 
 
 def test_baked_is_close_to_all_and_bakes_once_per_mpi(monkeypatch):
@@ -485,3 +509,20 @@ def test_bake_texels_one_at_a_time_equals_eager_at_published_width():
     b, p, y, x = texels.t()
     assert texels.shape[0] > 20 and torch.equal(lazy["baked_mask"].sum(), torch.tensor(texels.shape[0]))
     assert torch.equal(lazy["baked_k"][b, p, :, y, x], eager["baked_k"][b, p, :, y, x])
+
+
+def test_bake_texels_of_bilinear_corners_computes_the_four_texels_each_sample_reads():
+    """``corners=True`` names each bilinear sample by its top-left texel: the texel, its right, lower
+    and lower-right neighbours are computed, the same values as naming the four explicitly, and no other."""
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    with torch.no_grad():
+        mpi = gmnr.synthesize(gmnr.mapping(torch.randn(2, 16), None), 5)
+        by_corner, explicit = gmnr.bake(mpi), gmnr.bake(mpi)
+        latent, plane, row, col = torch.tensor([0, 1, 1]), torch.tensor([4, 0, 0]), torch.tensor([0, 7, 8]), \
+            torch.tensor([14, 3, 3])  # the last two samples share two texels: 10 distinct ones
+        assert gmnr.bake_texels(by_corner, latent, plane, row, col, corners=True) == 10
+        four = [torch.cat(t) for t in ([latent] * 4, [plane] * 4, [row, row, row + 1, row + 1], [col, col + 1, col, col + 1])]
+        assert gmnr.bake_texels(explicit, *four) == 10
+    assert torch.equal(by_corner["baked_mask"], explicit["baked_mask"]) and int(by_corner["baked_mask"].sum()) == 10
+    assert by_corner["baked_mask"][0, 4, 1, 15] and by_corner["baked_mask"][1, 0, 9, 4]
+    assert torch.equal(by_corner["baked_k"], explicit["baked_k"])

@@ -315,7 +315,21 @@ def canonical_pixel_directions(src_cam2world: Tensor, tgt_cam2world: Tensor, tgt
 # --------------------------------------------------------------------------------------------
 
 INFERENCE_VDR_MODES = ("all", "baked", "sampled", "off")
+BAKE_MATMUL_MODES = ("auto", "float32", "bfloat16")
 BAKED_DTYPE = torch.float16  # K in [-1, 1]: half precision is within 2.5e-4 of it, 16x below an 8-bit colour step
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (a GPU that supports it; a CPU with
+    AVX-512 BF16 or AMX, where oneDNN runs them at about 2x the float32 rate): the baked K's MLP
+    runs in bfloat16 there (float32 accumulation), and in float32 elsewhere, where bfloat16 would
+    be emulated and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                          "_is_amx_tile_supported"))
+    return False
 
 
 def texel_mask(alpha: Tensor, threshold: float) -> Tensor:
@@ -436,15 +450,24 @@ class GMNRGenerator(GMPIGenerator):
         return out
 
     @torch.no_grad()
-    def bake_texels(self, mpi: dict[str, Tensor], latent: Tensor, plane: Tensor, row: Tensor, col: Tensor) -> int:
+    def bake_texels(self, mpi: dict[str, Tensor], latent: Tensor, plane: Tensor, row: Tensor, col: Tensor,
+                    corners: bool = False) -> int:
         """Computes K into ``mpi["baked_k"]`` at those of the texels (latent, plane, row, col) [N]
         (repeats allowed) that ``mpi["baked_mask"]`` does not yet hold, marks them, and returns how
-        many it computed. In place: the cache fills up across the views rendered from one dict.
-        Chunked: at most :attr:`INFERENCE_CHUNK` texels go through the MLP at once."""
+        many it computed. ``corners``: each (row, col) is the top-left corner of a bilinear sample
+        (:func:`bilinear_corners`), and its three other corners are meant too. In place: the cache
+        fills up across the views rendered from one dict. Chunked: at most :attr:`INFERENCE_CHUNK`
+        texels go through the MLP at once."""
         cache, done = mpi["baked_k"], mpi["baked_mask"]
         b, p, hs, ws = done.shape
+        # the new texels, each once, in (latent, plane, row, col) order: marked on a grid of the cache's
+        # size and read back, which is linear in the texels where sorting the keys (unique) was the
+        # larger part of a late frame's cost, when almost every texel it reads is already computed
+        wanted = torch.zeros_like(done).view(-1)
         key = ((latent * p + plane) * hs + row) * ws + col
-        key = key[~done.reshape(-1)[key]].unique()  # the new texels, each once, in (latent, plane, row, col) order
+        for offset in ((0, 1, ws, ws + 1) if corners else (0,)):
+            wanted[key + offset] = True
+        key = (wanted & ~done.view(-1)).nonzero().squeeze(1)
         if key.numel() == 0:
             return 0
         col, row = key % ws, key // ws % hs
@@ -453,6 +476,9 @@ class GMNRGenerator(GMPIGenerator):
         depths, w = mpi["depths"], mpi["w"]
         us = torch.linspace(-1, 1, ws, device=cache.device)
         vs = torch.linspace(-1, 1, hs, device=cache.device)
+        _require(self.bake_matmul in BAKE_MATMUL_MODES,
+                 f"bake_matmul must be one of {BAKE_MATMUL_MODES}, got {self.bake_matmul!r}")
+        bfloat16 = self.bake_matmul == "bfloat16" or (self.bake_matmul == "auto" and fast_bfloat16(cache.device))
         for c in self._chunks(key.numel()):
             n = latent[c].numel()
             # a batch of a few rows can take another matrix-product path (on a CPU: 1-3 rows differ
@@ -460,7 +486,8 @@ class GMNRGenerator(GMPIGenerator):
             pad = (slice(None) if n >= self.MIN_BAKE_ROWS else
                    torch.arange(self.MIN_BAKE_ROWS, device=key.device).clamp(max=n - 1))
             uv = torch.stack([us[col[c][pad]], vs[row[c][pad]]], dim=1)
-            k = self.vdr.position_coefficients(uv, depths.to(uv), plane[c][pad], w, latent[c][pad])[:n]  # [N, 3, 4]
+            with torch.autocast(cache.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+                k = self.vdr.position_coefficients(uv, depths.to(uv), plane[c][pad], w, latent[c][pad])[:n]  # [N, 3, 4]
             texels[latent[c], plane[c], row[c], col[c]] = k.reshape(-1, 12).to(cache.dtype)
         done.view(-1)[key] = True
         return key.numel()
@@ -470,6 +497,11 @@ class GMNRGenerator(GMPIGenerator):
     # 1024 px frame has. With autograd everything runs in one pass.
     INFERENCE_CHUNK = 1 << 16
     MIN_BAKE_ROWS = 16  # see bake_texels
+    # The baked K's matrix products: "auto" runs them in bfloat16 where the device does that natively
+    # (fast_bfloat16; its error against float32 is measured in docs/benchmarks.md), "float32" always
+    # in float32 (exact against `all`'s MLP_K up to summation order), "bfloat16" always in bfloat16.
+    # An inference choice, like the mode.
+    bake_matmul = "auto"
 
     def _chunks(self, n: int) -> list[slice]:
         if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
@@ -528,20 +560,19 @@ class GMNRGenerator(GMPIGenerator):
         h_pixels = torch.cat([self.vdr.direction_coefficients(omega[c], w, pixel_latent[c])
                               for c in self._chunks(omega.shape[0])])                           # [B*V*R*R, 4]
         correction = image.new_zeros(views * res * res, 3)
+        all_coords = gather_pairs(grid.permute(0, 1, 4, 2, 3), pairs)  # [N, 2] texture coordinates of the pairs
+        if baked is not None:  # the texels this view reads that the cache lacks: computed once, for all chunks
+            x0, y0, _, _ = bilinear_corners(all_coords, *baked["baked_k"].shape[-2:])
+            self.bake_texels(baked, pairs.batch // per_latent, pairs.plane, y0, x0, corners=True)
+            del x0, y0
         for c in self._chunks(pairs.batch.numel()):
             chunk = SampledPairs(*(t[c] for t in pairs))
             pixel = (chunk.batch * res + chunk.y) * res + chunk.x
-            # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
-            coords = gather_pairs(grid.permute(0, 1, 4, 2, 3), chunk)                          # [N, 2]
-            latent = chunk.batch // per_latent
-            if baked is None:
+            coords, latent = all_coords[c], chunk.batch // per_latent
+            if baked is None:  # K per pair; the (plane depth, latent) part of MLP_K's first layer once per combination
                 uv = (coords * to_texel_centre_units).clamp(-1.0, 1.0)
                 k = self.vdr.position_coefficients(uv, depths, chunk.plane, w, latent)  # [N, 3, 4]
             else:  # the views of one latent share its baked K
-                hs, ws = baked["baked_k"].shape[-2:]
-                x0, y0, _, _ = bilinear_corners(coords, hs, ws)
-                self.bake_texels(baked, *(torch.cat([t] * 4) for t in (latent, chunk.plane)),
-                                 torch.cat([y0, y0, y0 + 1, y0 + 1]), torch.cat([x0, x0 + 1, x0, x0 + 1]))
                 k = bilinear_sample(baked["baked_k"], coords, latent, chunk.plane).view(-1, 3, 4)
             delta = (k * gather_rows(h_pixels, pixel).to(k)[:, None, :]).sum(-1)               # K H [N, 3]
             c01 = (gather_pairs(rgb_t, chunk) + 1.0) / 2.0                                      # [N, 3] in [0, 1]
