@@ -458,6 +458,8 @@ class GMNRGenerator(GMPIGenerator):
         (:func:`bilinear_corners`), and its three other corners are meant too. In place: the cache
         fills up across the views rendered from one dict. Chunked: at most :attr:`INFERENCE_CHUNK`
         texels go through the MLP at once."""
+        _require(self.bake_matmul in BAKE_MATMUL_MODES,
+                 f"bake_matmul must be one of {BAKE_MATMUL_MODES}, got {self.bake_matmul!r}")
         cache, done = mpi["baked_k"], mpi["baked_mask"]
         b, p, hs, ws = done.shape
         # the new texels, each once, in (latent, plane, row, col) order: marked on a grid of the cache's
@@ -476,8 +478,6 @@ class GMNRGenerator(GMPIGenerator):
         depths, w = mpi["depths"], mpi["w"]
         us = torch.linspace(-1, 1, ws, device=cache.device)
         vs = torch.linspace(-1, 1, hs, device=cache.device)
-        _require(self.bake_matmul in BAKE_MATMUL_MODES,
-                 f"bake_matmul must be one of {BAKE_MATMUL_MODES}, got {self.bake_matmul!r}")
         bfloat16 = self.bake_matmul == "bfloat16" or (self.bake_matmul == "auto" and fast_bfloat16(cache.device))
         for c in self._chunks(key.numel()):
             n = latent[c].numel()
