@@ -114,7 +114,7 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, set_inference_vdr
-    from gmnr.models.gmnr import fast_bfloat16, texel_mask
+    from gmnr.models.gmnr import texel_mask
     from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
@@ -130,7 +130,7 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     k_products = None
     if baking:
         G.bake_matmul = bake_matmul
-        k_products = "bfloat16" if bake_matmul == "bfloat16" or (bake_matmul == "auto" and fast_bfloat16(dev)) else "float32"
+        k_products = str(G.bake_products(dev)).removeprefix("torch.")
     lazy = baking and not eager_bake
     # lazily baked K: a frame's cost depends on the frames before it, so every frame is rendered and timed
     picked = list(range(frames)) if lazy else torch.linspace(0, frames - 1, timed).round().long().tolist()

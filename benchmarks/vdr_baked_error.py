@@ -33,7 +33,6 @@ def main() -> None:
 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, load_generator
-    from gmnr.models.gmnr import fast_bfloat16
     from gmnr.render.camera import pose_to_cam2world
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,8 +63,7 @@ def main() -> None:
         label = f"random weights ({'published' if args.published else 'demo'} sizes)"
     planes = args.planes or G.cfg.planes_eval
     G.bake_matmul = args.bake_matmul
-    products = "bfloat16" if args.bake_matmul == "bfloat16" or (args.bake_matmul == "auto" and fast_bfloat16(
-        torch.device("cpu"))) else "float32"
+    products = str(G.bake_products(torch.device("cpu"))).removeprefix("torch.")
     cam = params.camera()
     yaw = torch.linspace(-1, 1, args.views) * cam.truncation * cam.yaw_std
     cams = pose_to_cam2world(yaw, torch.zeros(args.views), 0.0, cam.radius, tuple(cam.center))

@@ -449,6 +449,14 @@ class GMNRGenerator(GMPIGenerator):
             self.bake_texels(out, *texel_mask(alpha, self.cfg.vdr_threshold)[:, :, 0].nonzero(as_tuple=True))
         return out
 
+    def bake_products(self, device: torch.device) -> torch.dtype:
+        """The dtype of the baked K's matrix products on ``device`` under :attr:`bake_matmul`."""
+        _require(self.bake_matmul in BAKE_MATMUL_MODES,
+                 f"bake_matmul must be one of {BAKE_MATMUL_MODES}, got {self.bake_matmul!r}")
+        if self.bake_matmul == "bfloat16" or (self.bake_matmul == "auto" and fast_bfloat16(torch.device(device))):
+            return torch.bfloat16
+        return torch.float32
+
     @torch.no_grad()
     def bake_texels(self, mpi: dict[str, Tensor], latent: Tensor, plane: Tensor, row: Tensor, col: Tensor,
                     corners: bool = False) -> int:
@@ -458,9 +466,8 @@ class GMNRGenerator(GMPIGenerator):
         (:func:`bilinear_corners`), and its three other corners are meant too. In place: the cache
         fills up across the views rendered from one dict. Chunked: at most :attr:`INFERENCE_CHUNK`
         texels go through the MLP at once."""
-        _require(self.bake_matmul in BAKE_MATMUL_MODES,
-                 f"bake_matmul must be one of {BAKE_MATMUL_MODES}, got {self.bake_matmul!r}")
         cache, done = mpi["baked_k"], mpi["baked_mask"]
+        products = self.bake_products(cache.device)  # refuses a bad bake_matmul before any work
         b, p, hs, ws = done.shape
         # the new texels, each once, in (latent, plane, row, col) order: marked on a grid of the cache's
         # size and read back, which is linear in the texels where sorting the keys (unique) was the
@@ -478,7 +485,7 @@ class GMNRGenerator(GMPIGenerator):
         depths, w = mpi["depths"], mpi["w"]
         us = torch.linspace(-1, 1, ws, device=cache.device)
         vs = torch.linspace(-1, 1, hs, device=cache.device)
-        bfloat16 = self.bake_matmul == "bfloat16" or (self.bake_matmul == "auto" and fast_bfloat16(cache.device))
+        bfloat16 = products == torch.bfloat16
         for c in self._chunks(key.numel()):
             n = latent[c].numel()
             # a batch of a few rows can take another matrix-product path (on a CPU: 1-3 rows differ
