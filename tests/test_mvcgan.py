@@ -308,6 +308,35 @@ def test_discriminator_fade_and_coordinates():
     assert torch.equal(c[0, 1, :, 0], torch.tensor([-1.0, 0.0, 1.0])) and torch.equal(c[0, 2, 0], torch.linspace(-1, 1, 5))
 
 
+CHANNELS_LAST_BACKWARD = """
+import torch
+from gmnr.models.mvcgan_discriminator import PoseDiscriminator
+torch.manual_seed(0)
+torch.set_num_threads(1)
+D = PoseDiscriminator(16, 64, 4, 16)  # 4 channels into the 16 px block's 1x1 stride-2 skip
+for _ in range(100):
+    image = torch.randn(3, 3, 16, 16).to(memory_format=torch.channels_last).requires_grad_(True)
+    logits, pose = D(image)
+    grad, = torch.autograd.grad(logits.sum(), image, create_graph=True)  # R1's double backward, as in the D step
+    (logits.sum() + pose.sum() + grad.square().sum()).backward()
+print("survived")
+"""
+
+
+def test_discriminator_takes_a_channels_last_image_through_r1_without_crashing():
+    """The generator's render is a channels-last view; oneDNN's weight gradient of the 1x1 stride-2 skip with < 8 input
+    channels corrupts the heap in that layout on AVX2-only CPUs (the whole test session aborted). The discriminator
+    makes its input contiguous; a subprocess so that a regression fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", CHANNELS_LAST_BACKWARD], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
+    torch.manual_seed(0)
+    D, image = PoseDiscriminator(16, 64, 4, 16), torch.randn(2, 3, 16, 16)
+    channels_last = image.to(memory_format=torch.channels_last)
+    assert torch.allclose(D(channels_last)[0], D(image)[0], atol=1e-6)  # the layout changes nothing but the memory
+
+
 # -- loss and training ---------------------------------------------------------------------------
 
 def test_stereo_mixup_with_r_zero_is_the_identity():

@@ -95,6 +95,11 @@ class PoseDiscriminator(nn.Module):
         if image.ndim != 4 or image.shape[1] != 3 or image.shape[-2] != r or str(r) not in self.blocks:
             raise ValueError(f"PoseDiscriminator takes [B, 3, R, R] with R a power of two in "
                              f"[{MIN_INPUT}, {self.resolution}], got {tuple(image.shape)}")
+        # Contiguous (NCHW) whatever layout the caller's image has (the generator's render is a permuted, channels-last
+        # view): oneDNN 3.12 (torch 2.14.1) corrupts the heap in the weight gradient of a 1x1 stride-2 convolution (the
+        # residual skip) with fewer than 8 input channels in channels-last layout on AVX2-only CPUs ("double free or
+        # corruption", the process aborts); tests/test_mvcgan_discriminator.py keeps that path covered.
+        image = image.contiguous()
         x = self.blocks[str(r)](self._enter(image))
         if fade < 1.0:  # the input resolution fades in over the previous one's entry
             half = F.interpolate(image, scale_factor=0.5, mode="nearest")
