@@ -98,8 +98,8 @@ class PoseDiscriminator(nn.Module):
         # Contiguous (NCHW) whatever layout the caller's image has (the generator's render is a permuted, channels-last
         # view): oneDNN 3.12 (torch 2.14.1) corrupts the heap in the weight gradient of a 1x1 stride-2 convolution (the
         # residual skip) with fewer than 8 input channels in channels-last layout on AVX2-only CPUs ("double free or
-        # corruption", the process aborts); tests/test_mvcgan.py::test_discriminator_takes_a_channels_last_image_through_r1_without_crashing
-        # keeps that path covered.
+        # corruption", the process aborts). Covered by tests/test_mvcgan.py::
+        # test_discriminator_takes_a_channels_last_image_through_r1_without_crashing.
         image = image.contiguous()
         x = self.blocks[str(r)](self._enter(image))
         if fade < 1.0:  # the input resolution fades in over the previous one's entry
