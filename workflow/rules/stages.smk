@@ -73,9 +73,12 @@ onsuccess:
     _forget_folder_readers()
     # Record Snakemake's outputs in dvc.lock so that `dvc repro` and `dvc status` agree with it: only
     # the stages run exactly as dvc.yaml and params.yaml define them (a --config run's own folders, or
-    # outputs made under other params, are not what dvc.lock would say they are).
+    # outputs made under other params, are not what dvc.lock would say they are), and only those this
+    # invocation brought up to date: `snakemake pack` says nothing of the stages after pack, whose
+    # outputs may be missing (dvc commit would fail) or made under other params (it would record them).
     if (PROJECT / ".dvc").is_dir():
-        recorded = [s for s in STAGES.values() if not s.variant]
+        in_this_run = {job.rule.name for job in workflow.dag.jobs}
+        recorded = [s for s in STAGES.values() if not s.variant and s.rule_name in in_this_run]
         outputs = [p for s in recorded for p in s.outs + s.metrics]
         if not commit_outputs_to_dvc(PROJECT, outputs, [s.name for s in recorded]):
             print("gmnr: dvc commit failed; `dvc status` may list these outputs as changed")
