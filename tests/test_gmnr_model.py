@@ -428,6 +428,20 @@ def test_chunked_bake_equals_one_pass(monkeypatch):
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
+def test_baked_frame_in_chunks_equals_one_pass(monkeypatch):
+    """A baked frame's pairs go through the correction in chunks of BAKED_PAIR_CHUNK (not MLP_K's
+    INFERENCE_CHUNK: no MLP runs per pair); many chunks render the same image as one."""
+    gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")
+    ws = gmnr.mapping(torch.randn(2, 16), None)
+    cams = _cams(4)
+    with torch.no_grad():
+        whole = gmnr.render(ws, cams)
+        monkeypatch.setattr(type(gmnr), "BAKED_PAIR_CHUNK", 7)
+        chunked = gmnr.render(ws, cams)
+    assert whole["n_sampled"].sum() > 7 * 10, "the test must cover many chunks"
+    assert torch.allclose(whole["image"], chunked["image"], atol=1e-6)
+
+
 def test_bake_is_lazy_and_eager_bake_fills_the_texel_mask():
     from gmnr.models.gmnr import texel_mask
     gmnr = _baked_pair(uv_dependent=True).set_inference_vdr("baked")

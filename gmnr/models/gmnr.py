@@ -503,6 +503,11 @@ class GMNRGenerator(GMPIGenerator):
     # MLP_K's hidden activations (784 wide at the published size) to ~200 MB however many pairs a
     # 1024 px frame has. With autograd everything runs in one pass.
     INFERENCE_CHUNK = 1 << 16
+    # Pairs per chunk of a baked frame, where no MLP runs per pair: its per-pair tensors (texture
+    # coordinates, four corner reads of 12 K values, H, colours, indices) take about 300 bytes, so ~1 GB
+    # at this size. Few chunks matter on a GPU, where each is some 30 small kernels: at 1024 px a frame
+    # has ~12 M pairs, 190 chunks of INFERENCE_CHUNK.
+    BAKED_PAIR_CHUNK = 1 << 22
     MIN_BAKE_ROWS = 16  # see bake_texels
     # The baked K's matrix products: "auto" runs them in bfloat16 where the device does that natively
     # (fast_bfloat16; its error against float32 is measured in docs/benchmarks.md), "float32" always
@@ -510,10 +515,13 @@ class GMNRGenerator(GMPIGenerator):
     # An inference choice, like the mode.
     bake_matmul = "auto"
 
-    def _chunks(self, n: int) -> list[slice]:
-        if torch.is_grad_enabled() or n <= self.INFERENCE_CHUNK:
+    def _chunks(self, n: int, size: int | None = None) -> list[slice]:
+        """Slices of at most ``size`` (default :attr:`INFERENCE_CHUNK`) rows covering n; one slice when
+        autograd records (training runs in one pass)."""
+        size = size or self.INFERENCE_CHUNK
+        if torch.is_grad_enabled() or n <= size:
             return [slice(0, n)]
-        return [slice(s, s + self.INFERENCE_CHUNK) for s in range(0, n, self.INFERENCE_CHUNK)]
+        return [slice(s, s + size) for s in range(0, n, size)]
 
     def synthesize(self, ws: Tensor, n_planes: int, noise_mode: str = "const") -> dict[str, Tensor]:
         """GMPI's MPI plus ``w`` [B, w_dim], the latent alpha-VdR reads (published: ``ws[:, 0]``)."""
@@ -572,7 +580,7 @@ class GMNRGenerator(GMPIGenerator):
             x0, y0, _, _ = bilinear_corners(all_coords, *baked["baked_k"].shape[-2:])
             self.bake_texels(baked, pairs.batch // per_latent, pairs.plane, y0, x0, corners=True)
             del x0, y0
-        for c in self._chunks(pairs.batch.numel()):
+        for c in self._chunks(pairs.batch.numel(), self.INFERENCE_CHUNK if baked is None else self.BAKED_PAIR_CHUNK):
             chunk = SampledPairs(*(t[c] for t in pairs))
             pixel = (chunk.batch * res + chunk.y) * res + chunk.x
             coords, latent = all_coords[c], chunk.batch // per_latent
