@@ -35,9 +35,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 # published annealing lengths (density noise 5,000 steps, top-k every 2,000). Only the sizes change.
 PUBLISHED_32 = ("[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 8, lr_g: 6.0e-5, lr_d: 2.0e-4,"
                 " pose_weight: 15.0}]")
+# The same at 5 times the published learning rates (lr_g 3e-4 as the demo, lr_d 1e-3: the published ratio), the
+# density noise annealed by step 2,500: does the field form a surface once its density may grow 5 times faster
+# (the density moves at most about lr x (width + 1) per Adam step: benchmarks/mvcgan_field_fit.py)?
+LR5X_32 = ("[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 8, lr_g: 3.0e-4, lr_d: 1.0e-3,"
+           " pose_weight: 15.0}]")
 VARIANTS = {  # name -> overrides on top of the demo section
     "published-32": [f"mvcgan.curriculum={PUBLISHED_32}", "mvcgan.density_noise_steps=5000",
                      "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
+    "lr5x-32": [f"mvcgan.curriculum={LR5X_32}", "mvcgan.density_noise_steps=2500",
+                "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
     "demo": [],
 }
 
