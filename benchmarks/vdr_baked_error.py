@@ -5,6 +5,7 @@ each pair's exact texture coordinate), for a trained checkpoint or random weight
     python benchmarks/vdr_baked_error.py --checkpoint runs/demo/gmnr/final.pt       # the demo's trained GMNR
     python benchmarks/vdr_baked_error.py --random --resolution 64 --planes 32         # random weights, demo sizes
     python benchmarks/vdr_baked_error.py --random --resolution 256 --planes 96 --published
+    python benchmarks/vdr_baked_error.py --random --resolution 256 --planes 96 --published --device cuda
 
 Frames: a yaw sweep over the pose box (+-truncation * std) for ``--latents`` latents; every frame
 is compared over all its pixels in [0, 1] units (PSNR = 10 log10(1 / MSE)). Also reported: the same
@@ -45,32 +46,37 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=2)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where both modes render (the latents and cameras are drawn on the CPU either way)")
     parser.add_argument("--bake-matmul", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="the baked K's matrix products (GMNRGenerator.bake_matmul; auto: bfloat16 where the "
                              "device multiplies it natively)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     torch.manual_seed(0)
     if args.checkpoint:
-        G, params, _ = load_generator(args.checkpoint, "cpu", "all")
+        G, params, _ = load_generator(args.checkpoint, device, "all")
         label = f"trained: `{args.checkpoint}`"
     else:
         dataset = "ffhq256" if args.published else "demo"
         params = load_params(ROOT / "params.yaml", [f"dataset={dataset}", "model=gmnr", f"pack.resolution={args.resolution}",
                                                     "gmpi.pretrained=null", "gmnr.zero_init=false"])  # a VdR that does something
-        G = build_generator(params).eval().requires_grad_(False)
+        G = build_generator(params).eval().requires_grad_(False).to(device)
         label = f"random weights ({'published' if args.published else 'demo'} sizes)"
     planes = args.planes or G.cfg.planes_eval
     G.bake_matmul = args.bake_matmul
-    products = str(G.bake_products(torch.device("cpu"))).removeprefix("torch.")
+    products = str(G.bake_products(device)).removeprefix("torch.")
+    if device.type == "cuda":
+        label += f", on {torch.cuda.get_device_name(device)}"
     cam = params.camera()
     yaw = torch.linspace(-1, 1, args.views) * cam.truncation * cam.yaw_std
-    cams = pose_to_cam2world(yaw, torch.zeros(args.views), 0.0, cam.radius, tuple(cam.center))
+    cams = pose_to_cam2world(yaw, torch.zeros(args.views), 0.0, cam.radius, tuple(cam.center)).to(device)
     frames = {mode: [] for mode in ("all", "baked", "off")}
     pairs = 0
     with torch.no_grad():
-        z = torch.randn(args.latents, G.z_dim)
+        z = torch.randn(args.latents, G.z_dim).to(device)
         for i in range(args.latents):
             ws = G.mapping(z[i:i + 1], None)
             for mode in frames:
@@ -82,7 +88,7 @@ def main() -> None:
                 frames[mode].append(out["image"])
                 if mode == "all":
                     pairs += int(out["n_sampled"].sum())
-    images = {m: torch.cat(v) for m, v in frames.items()}
+    images = {m: torch.cat(v).cpu() for m, v in frames.items()}
     psnr, max_abs = _psnr(images["baked"], images["all"])
     vdr_psnr, vdr_max = _psnr(images["off"], images["all"])
     res = G.cfg.resolution
