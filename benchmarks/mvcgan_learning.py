@@ -40,11 +40,18 @@ PUBLISHED_32 = ("[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 
 # (the density moves at most about lr x (width + 1) per Adam step: benchmarks/mvcgan_field_fit.py)?
 LR5X_32 = ("[{start: 0, resolution: 32, ray_resolution: 16, batch_per_gpu: 8, lr_g: 3.0e-4, lr_d: 1.0e-3,"
            " pose_weight: 15.0}]")
+# lr5x-32 with the rays at the output's resolution (16 x 16 rays, 16 px output), as the published first stage
+# renders 64 x 64 rays for its 64 px output: the decoder only refines, it does not upsample. Does a surface form
+# when the 2D decoder has less room to draw the face itself from a feature fog?
+LR5X_16_1TO1 = ("[{start: 0, resolution: 16, ray_resolution: 16, batch_per_gpu: 8, lr_g: 3.0e-4, lr_d: 1.0e-3,"
+                " pose_weight: 15.0}]")
 VARIANTS = {  # name -> overrides on top of the demo section
     "published-32": [f"mvcgan.curriculum={PUBLISHED_32}", "mvcgan.density_noise_steps=5000",
                      "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
     "lr5x-32": [f"mvcgan.curriculum={LR5X_32}", "mvcgan.density_noise_steps=2500",
                 "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
+    "lr5x-16-1to1": [f"mvcgan.curriculum={LR5X_16_1TO1}", "mvcgan.density_noise_steps=2500",
+                     "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
     "demo": [],
 }
 
