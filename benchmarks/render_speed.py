@@ -105,6 +105,16 @@ def measure(model: str, resolution: int, planes: int, repeats: int, device: str,
             "vdr_pairs_per_pixel": sum(pairs) / len(pairs) / resolution ** 2 if pairs else None}
 
 
+def video_cameras(params, frames: int):
+    """cam2world [frames, 4, 4] of the benchmark videos: a yaw sweep over +-truncation x yaw_std, pitch 0."""
+    import torch
+
+    from gmnr.render.camera import pose_to_cam2world
+    cam = params.camera()
+    yaw = cam.truncation * cam.yaw_std * torch.sin(torch.arange(frames) / frames * 2 * torch.pi)
+    return pose_to_cam2world(yaw, torch.zeros(frames), 0.0, cam.radius, tuple(cam.center))
+
+
 def measure_video(model: str, resolution: int, planes: int, frames: int, timed: int, device: str, threads: int,
                   vdr: str = "all", dtype: str = "float32", eager_bake: bool = False, bake_matmul: str = "auto") -> dict:
     """One latent, a ``frames``-view yaw sweep (see the module docstring): seconds of the synthesis,
@@ -115,7 +125,6 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
     from gmnr.config import load_params
     from gmnr.models.factory import build_generator, set_inference_vdr
     from gmnr.models.gmnr import texel_mask
-    from gmnr.render.camera import pose_to_cam2world
 
     torch.set_num_threads(threads)
     params = load_params(ROOT / "params.yaml", ["dataset=ffhq256", f"model={model}", f"pack.resolution={resolution}"])
@@ -123,9 +132,7 @@ def measure_video(model: str, resolution: int, planes: int, frames: int, timed: 
                        ("cpu" if device == "auto" else device))
     torch.manual_seed(0)  # the same random weights in every row: GMNR's modes render the same MPI
     G = set_inference_vdr(build_generator(params).to(dev), vdr).eval()
-    cam = params.camera()
-    yaw = cam.truncation * cam.yaw_std * torch.sin(torch.arange(frames) / frames * 2 * torch.pi)
-    cams = pose_to_cam2world(yaw, torch.zeros(frames), 0.0, cam.radius, tuple(cam.center)).to(dev)
+    cams = video_cameras(params, frames).to(dev)
     baking = getattr(G, "baking", lambda: False)()
     k_products = None
     if baking:

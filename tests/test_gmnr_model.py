@@ -540,3 +540,28 @@ def test_bake_texels_of_bilinear_corners_computes_the_four_texels_each_sample_re
     assert torch.equal(by_corner["baked_mask"], explicit["baked_mask"]) and int(by_corner["baked_mask"].sum()) == 10
     assert by_corner["baked_mask"][0, 4, 1, 15] and by_corner["baked_mask"][1, 0, 9, 4]
     assert torch.equal(by_corner["baked_k"], explicit["baked_k"])
+
+
+def test_mlp_k_cost_per_texel_in_the_bound_benchmark_matches_torchs_flop_counter():
+    """benchmarks/vdr_k_bound.py's floor rests on MLP_K's multiply-adds per texel; torch's own FLOP
+    counter over position_coefficients, differenced between two texel counts (the shared (depth, w)
+    part of the first layer cancels), must give the same at the published sizes."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vdr_k_bound.py"
+    spec = importlib.util.spec_from_file_location("vdr_k_bound", path)
+    bound = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bound)
+    vdr = AlphaVdR(512)  # published: pos_freqs 10, MLP_K 3 x 784
+    w, depths = torch.randn(1, 512), torch.linspace(1.0, 1.1, 4)
+
+    def flops(n: int) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            vdr.position_coefficients(torch.rand(n, 2) * 2 - 1, depths, torch.arange(n) % 4, w,
+                                      torch.zeros(n, dtype=torch.long))
+        return counter.get_total_flops()
+    per_texel = (flops(96) - flops(32)) / 64
+    assert per_texel == 2 * bound.mlp_k_macs_per_texel(vdr)
+    assert per_texel == 2 * (40 * 784 + 784 * 784 * 2 + 784 * 12)  # 2.54 MFLOP
