@@ -565,3 +565,34 @@ def test_mlp_k_cost_per_texel_in_the_bound_benchmark_matches_torchs_flop_counter
     per_texel = (flops(96) - flops(32)) / 64
     assert per_texel == 2 * bound.mlp_k_macs_per_texel(vdr)
     assert per_texel == 2 * (40 * 784 + 784 * 784 * 2 + 784 * 12)  # 2.54 MFLOP
+
+
+@pytest.mark.parametrize("tail", [5, 20])
+def test_mlp_in_row_slices_on_a_cpu_equals_one_pass(monkeypatch, tail):
+    """Without autograd on a CPU, CoefficientMLP runs its rows in slices of CPU_ROWS (faster: the
+    activations stay in cache); the slices, a short tail merged or not, give the one pass's values
+    bit for bit, and with autograd nothing is sliced."""
+    from gmnr.models.gmnr import CoefficientMLP
+    torch.manual_seed(0)
+    vdr = AlphaVdR(64, k_hidden=96)
+    n = 3 * 64 + tail
+    uv, plane = torch.rand(n, 2) * 2 - 1, torch.randint(0, 4, (n,))
+    latent, w, depths = torch.randint(0, 2, (n,)), torch.randn(2, 64), torch.linspace(1.0, 1.1, 4)
+    calls = []
+    forward = CoefficientMLP.forward
+
+    def counted(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return forward(self, x, *args, **kwargs)
+    monkeypatch.setattr(CoefficientMLP, "forward", counted)
+    with torch.no_grad():
+        monkeypatch.setattr(CoefficientMLP, "CPU_ROWS", 1 << 20)
+        whole = vdr.position_coefficients(uv, depths, plane, w, latent)
+        monkeypatch.setattr(CoefficientMLP, "CPU_ROWS", 64)
+        calls.clear()
+        sliced = vdr.position_coefficients(uv, depths, plane, w, latent)
+    assert calls == [n] + ([64, 64, 64 + tail] if tail < CoefficientMLP.MIN_ROWS else [64, 64, 64, tail])
+    assert torch.equal(sliced, whole)
+    calls.clear()
+    vdr.position_coefficients(uv, depths, plane, w, latent)  # autograd records: one pass
+    assert calls == [n]

@@ -122,6 +122,12 @@ class CoefficientMLP(nn.Module):
     linear output layer followed by tanh (GMNR's ``VanillaMLP`` / ``ReluMLP`` and the tanh of
     ``Basis``; PyTorch's default initialisation, no equalised learning rate)."""
 
+    # Rows per slice on a CPU without autograd: MLP_K's 784-wide activations of 65,536 rows (205 MB) leave the
+    # cache between layers; in slices of 1,024-2,048 rows its products ran at 125-136 GFLOP/s against 59-81 in
+    # one (2 AVX2 threads, published sizes; docs/benchmarks.md). A GPU takes whole chunks.
+    CPU_ROWS = 2048
+    MIN_ROWS = 16
+
     def __init__(self, in_features: int, hidden: int, n_hidden: int, out_features: int):
         super().__init__()
         _require(n_hidden >= 0 and hidden >= 1, f"need hidden >= 1 and n_hidden >= 0, got {hidden}, {n_hidden}")
@@ -139,7 +145,17 @@ class CoefficientMLP(nn.Module):
         The first layer is linear in its input, so the ``shared`` part (the latent w, the same for
         every pair of one image) is multiplied once per latent and gathered, instead of once per
         pair: the same function at a fraction of the cost (w is 512 of MLP_K's 568 inputs).
+
+        Without autograd on a CPU the rows go through in slices of :attr:`CPU_ROWS` (each row's result is
+        its own: the same function).
         """
+        n = x.shape[0]
+        if n > self.CPU_ROWS + self.MIN_ROWS and x.device.type == "cpu" and not torch.is_grad_enabled():
+            # the last slice keeps >= MIN_ROWS rows: a product of 1-3 rows can take another path (last bit)
+            starts = list(range(0, n - self.MIN_ROWS, self.CPU_ROWS))
+            ends = starts[1:] + [n]
+            return torch.cat([self.forward(x[a:b], shared, None if index is None else index[a:b])
+                              for a, b in zip(starts, ends)])
         layers = list(self.hidden) + [self.out]
         first = layers[0]
         if shared is None:
