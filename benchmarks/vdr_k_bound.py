@@ -117,7 +117,7 @@ def measure(resolution: int, planes: int, frames: int, timed_frames: int, dev: t
             return out
         # Every frame baked with MLP_K's output replaced by zeros (the texels the video reads, and the rest of
         # the frame); GMPI's frames of the picked views in between, so that both see the machine in one state
-        # (timed in a block before the baked frames, GMPI came out 1.35x slower at 256 px on 2 CPU threads).
+        # (timed in a block before the baked frames, GMPI came out 1.8x slower at 256 px on 2 CPU threads).
         G.vdr.position_coefficients = lambda uv, *rest: uv.new_zeros(uv.shape[0], 3, 4)
         try:
             for i in range(frames):
@@ -145,8 +145,8 @@ def measure(resolution: int, planes: int, frames: int, timed_frames: int, dev: t
     pair_frame = (synth_s + sum(pair_frames)) / frames  # the synthesis is shared by a video's frames
     k_floor = texels * 2 * macs / peak / frames        # MLP_K at the device's peak rate, per frame
     k_run = texels * k_per_texel / frames              # MLP_K at the rate it runs here, per frame
-    return {"resolution": resolution, "planes": planes, "frames": frames, "gmpi_frames_timed": len(gmpi_frames), "device": _device_name(dev),
-            "dtype": dtype, "k_products": str(products).removeprefix("torch."), "synthesis_s": synth_s,
+    return {"resolution": resolution, "planes": planes, "frames": frames, "gmpi_frames_timed": len(gmpi_frames),
+            "device": _device_name(dev), "dtype": dtype, "k_products": str(products).removeprefix("torch."), "synthesis_s": synth_s,
             "gmpi_frame_s": gmpi_frame, "pair_frame_s": pair_frame, "pairs_per_pixel": pairs / frames / resolution ** 2,
             "texels": texels, "mlp_k_macs_per_texel": macs, "peak_flops": peak,
             "mlp_k_flops": 2 * macs / k_per_texel, "k_floor_frame_s": k_floor, "k_run_frame_s": k_run,
