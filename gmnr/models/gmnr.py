@@ -147,27 +147,35 @@ class CoefficientMLP(nn.Module):
         pair: the same function at a fraction of the cost (w is 512 of MLP_K's 568 inputs).
 
         Without autograd on a CPU the rows go through in slices of :attr:`CPU_ROWS` (each row's result is
-        its own: the same function).
+        its own: the same function); the shared part is projected once for all of them.
         """
+        first = (list(self.hidden) + [self.out])[0]
+        projected = None
+        if shared is not None:
+            _require(index is not None and index.shape == (x.shape[0],),
+                     f"shared inputs need an index [N] = [{x.shape[0]}], got {None if index is None else tuple(index.shape)}")
+            f = x.shape[1]
+            _require(f + shared.shape[1] == first.in_features,
+                     f"inputs {f} + {shared.shape[1]} must add up to {first.in_features}")
+            projected = shared.to(x.dtype) @ first.weight.to(x.dtype)[:, f:].t()  # once, for every slice
         n = x.shape[0]
         if n > self.CPU_ROWS + self.MIN_ROWS and x.device.type == "cpu" and not torch.is_grad_enabled():
             # the last slice keeps >= MIN_ROWS rows: a product of 1-3 rows can take another path (last bit)
             starts = list(range(0, n - self.MIN_ROWS, self.CPU_ROWS))
             ends = starts[1:] + [n]
-            return torch.cat([self.forward(x[a:b], shared, None if index is None else index[a:b])
+            return torch.cat([self._rows(x[a:b], projected, None if index is None else index[a:b])
                               for a, b in zip(starts, ends)])
+        return self._rows(x, projected, index)
+
+    def _rows(self, x: Tensor, projected: Tensor | None, index: Tensor | None) -> Tensor:
+        """The MLP of rows ``x`` whose first layer adds ``projected[index]`` (the shared inputs already
+        multiplied by their part of the first weight), or of ``x`` alone."""
         layers = list(self.hidden) + [self.out]
         first = layers[0]
-        if shared is None:
+        if projected is None:
             x = first(x)
         else:
-            _require(index is not None and index.shape == (x.shape[0],),
-                     f"shared inputs need an index [N] = [{x.shape[0]}], got {None if index is None else tuple(index.shape)}")
-            weight = first.weight.to(x.dtype)
-            f = x.shape[1]
-            _require(f + shared.shape[1] == first.in_features,
-                     f"inputs {f} + {shared.shape[1]} must add up to {first.in_features}")
-            x = x @ weight[:, :f].t() + gather_rows(shared.to(x.dtype) @ weight[:, f:].t(), index)
+            x = x @ first.weight.to(x.dtype)[:, :x.shape[1]].t() + gather_rows(projected, index)
             if first.bias is not None:
                 x = x + first.bias.to(x.dtype)
         for layer in layers[1:]:
