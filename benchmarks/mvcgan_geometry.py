@@ -11,8 +11,9 @@ best (mean absolute feature difference over the four views, over a 3 x 3 window 
 hold a head, the sweep finds it; the density's expected depth is then compared with it over every ray
 (least-squares slope and offset, correlation): slope 1 when the density puts the surface where the features
 do, 0 for a fog. Beside it, the field's own RGB (a linear head on the features that only MVCGAN's photometric
-loss trains, as published): its contrast across the image, and that loss with the density's depth against a
-flat plane mid-range (equal: the loss cannot tell the geometry).
+loss trains, as published) as training renders it (jittered samples, the light no sample stops lost): its
+contrast across the image, and that loss with the density's depth against a flat plane mid-range (equal: the
+loss cannot tell the geometry).
 
 ``tests/test_mvcgan.py::test_plane_sweep_finds_the_head_and_the_wall_of_the_analytic_scene`` checks the sweep
 on the analytic head in front of a wall (tests/analytic_scene.py), whose depth is known.
@@ -120,21 +121,27 @@ def generator_geometry(G, params, latents: int = 8, seed: int = 0) -> dict:
                                       torch.linspace(start, end, SWEEP_PLANES))
     density_depth = front["depth_raw"]
 
+    # The photometric loss as training computes it: renders with jittered samples, the checkpoint's density
+    # noise and the light no sample stops lost (so a flat RGB head still shows the opacity).
+    torch.manual_seed(seed + 1)
+    train_front = G.render_rays(ws, cams(0.0, 0.0), noise_mode="random")
+    train_aux = [G.render_rays(ws, c, noise_mode="random")["rgb_raw"] for c in aux_cams]
+
     def photometric(depth: Tensor) -> float:
-        """MVCGAN's photometric loss (as the trainer computes it) between the frontal view's field RGB and
-        each auxiliary view's, warped with ``depth``; mean over the views."""
+        """MVCGAN's photometric loss between the frontal view's field RGB and each auxiliary view's, warped
+        with ``depth``; mean over the views."""
         losses = []
-        for a, c in zip(aux, aux_cams):
-            warped, valid = backward_warp(a["rgb_raw"], depth, cams(0.0, 0.0), k, c, k)
-            losses.append(float(photometric_loss((front["rgb_raw"] + 1) / 2, (warped + 1) / 2, valid)))
+        for rgb, c in zip(train_aux, aux_cams):
+            warped, valid = backward_warp(rgb, depth, cams(0.0, 0.0), k, c, k)
+            losses.append(float(photometric_loss((train_front["rgb_raw"] + 1) / 2, (warped + 1) / 2, valid)))
         return sum(losses) / len(losses)
     return {"feature_relief": round(float(relief(feature_depth).mean()), 4),
             "density_relief": round(float(relief(density_depth).mean()), 4),
             "density_on_feature_depth": relation(density_depth, feature_depth),
             # The field's own RGB, which only the photometric loss trains (as published): how much image it
             # holds, and whether that loss can tell the density's depth from a flat plane mid-range.
-            "rgb_raw_contrast": round(float(front["rgb_raw"].flatten(2).std(2).mean()), 5),
-            "photometric_at_density_depth": round(photometric(density_depth), 6),
+            "rgb_raw_contrast": round(float(train_front["rgb_raw"].flatten(2).std(2).mean()), 5),
+            "photometric_at_density_depth": round(photometric(train_front["depth_raw"]), 6),
             "photometric_at_mid_plane": round(photometric(torch.full_like(density_depth, (start + end) / 2)), 6),
             "_maps": (front["image"], feature_depth, density_depth)}
 

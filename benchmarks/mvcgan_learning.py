@@ -52,6 +52,11 @@ VARIANTS = {  # name -> overrides on top of the demo section
                 "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
     "lr5x-16-1to1": [f"mvcgan.curriculum={LR5X_16_1TO1}", "mvcgan.density_noise_steps=2500",
                      "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000"],
+    # lr5x-32 with the photometric loss on the rendered features instead of the field's RGB head, which only that
+    # loss trains and which goes flat (benchmarks/mvcgan_geometry.py): a diagnostic, not the published model.
+    # Does a loss that sees the features' parallax pull the density onto the head the features hold?
+    "lr5x-32-featphoto": [f"mvcgan.curriculum={LR5X_32}", "mvcgan.density_noise_steps=2500",
+                          "mvcgan.topk_interval=2000", "mvcgan.fade_steps=2000", "mvcgan.photometric_on=features"],
     "demo": [],
 }
 

@@ -360,6 +360,10 @@ class MVCGAN(Strict):
     topk_decay: Annotated[float, Field(gt=0, le=1)] = 0.99
     topk_interval: PositiveInt = 2000
     photometric_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="reproj_lambda")
+    photometric_on: Literal["rgb", "features"] = Field(
+        "rgb", description="what the photometric loss compares: the field's RGB, as published, or (a diagnostic, "
+                           "benchmarks/mvcgan_learning.py --variant lr5x-32-featphoto) the rendered features the "
+                           "decoder reads; the published RGB head, trained by this loss alone, goes flat")
     mixup_max: Annotated[float, Field(ge=0, le=1)] = Field(0.3, description="stereo mixup r ~ U(0, mixup_max)")
     x_flip: bool = Field(True, description="mirror each real image with probability 1/2 (RandomHorizontalFlip)")
     cameras: dict[CameraFamily, MVCGANCamera] = Field(

@@ -362,6 +362,31 @@ def test_photometric_loss_of_identical_views_is_zero(G):
     assert float(photometric_loss(rgb, rgb.clone(), valid)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_photometric_loss_compares_the_field_rgb_or_with_photometric_on_features_the_features():
+    """As published the photometric loss compares the field's own RGB (a linear head on the features that
+    nothing else trains); with that head flat (its weights zero: the same colour everywhere) and the light
+    that passes every sample given to the last one (no opacity shows), the loss is 0 whatever the geometry.
+    ``photometric_on: features`` compares the rendered features instead: not 0 for the same views."""
+    torch.manual_seed(0)
+    losses = {}
+    for target in ("rgb", "features"):
+        p = tiny_params(f"mvcgan.photometric_on={target}")
+        torch.manual_seed(0)
+        G, D = build_generator(p), build_discriminator(p)
+        with torch.no_grad():
+            G.field.rgb.weight.zero_()
+        cam = p.model_camera()
+        prior = PosePrior(cam.yaw_std, cam.pitch_std, cam.truncation, cam.radius, tuple(cam.center))
+        loss = MVCGANLoss(G, D, prior, p.mvcgan, "const", contextlib.nullcontext)
+        loss.set_step(20, curriculum_from_params(p).phase_at(20), 1.0)
+        torch.manual_seed(5)
+        _, extras = loss.synthesize(torch.randn(2, G.z_dim), cams([0.2, -0.1]), with_photometric=True)
+        losses[target] = float(extras["photometric"])
+    assert losses["rgb"] < 1e-5 and losses["features"] > 1e-2, losses
+    with pytest.raises(ValueError, match="photometric_on"):
+        tiny_params("mvcgan.photometric_on=depth")
+
+
 def test_topk_schedule_goes_from_the_batch_to_its_floor():
     assert topk_fraction(0, 0.99, 2000, 0.6) == 1.0
     assert topk_fraction(2000, 0.99, 2000, 0.6) == pytest.approx(0.99)

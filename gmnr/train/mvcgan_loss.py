@@ -12,7 +12,7 @@
   are mirrored with probability 1/2).
 * Generator: non-saturating loss on the top-k scores (k annealed from B to ``topk_min`` B), the same
   pose loss, and the photometric loss (0.85 SSIM term + 0.15 L1) between the primary rendered RGB
-  and the warped auxiliary RGB.
+  and the warped auxiliary RGB (``photometric_on: features``, a diagnostic: the rendered features).
 
 Published defects fixed here: the warp uses the exact intrinsics (the published one approximates
 the focal length by each ray's norm) and a validity mask (the published one mixes and compares
@@ -115,8 +115,10 @@ class MVCGANLoss:
                 if with_photometric:
                     # As published, the rendered RGB (in [0, 1]) enters the loss as (x + 1) / 2, the
                     # mapping meant for [-1, 1] images: kept, so that weight 1 means what it means there.
-                    extras["photometric"] = photometric_loss((main["rgb_raw"].float() + 1) / 2,
-                                                             (warped[:, :3] + 1) / 2, valid)
+                    # The features (sines integrated along the ray: in [-1, 1]) take the same mapping.
+                    ours, theirs = ((main["rgb_raw"], warped[:, :3]) if c.photometric_on == "rgb"
+                                    else (main["features"], warped[:, 3:]))
+                    extras["photometric"] = photometric_loss((ours.float() + 1) / 2, (theirs + 1) / 2, valid)
                 r = torch.rand(z.shape[0], device=z.device) * c.mixup_max
                 features = stereo_mixup(features.float(), warped[:, 3:], valid, r)
                 extras["warp_valid"] = valid.float().mean().detach()
