@@ -215,6 +215,27 @@ def test_each_models_params_come_from_its_spec_in_dvc_yaml_snakemake_mlflow_and_
     assert "gmnr" not in stages["train@gmpi"].params
 
 
+def test_a_key_added_to_the_schema_after_a_checkpoint_is_no_difference_at_its_default():
+    """A checkpoint written before a param existed does not record it: at the schema's default (what the code
+    did before the key was added) the run resumes, and is found finished, instead of training afresh; any
+    other value, or a recorded key that is missing now or changed, is a difference."""
+    from gmnr.config import load_params
+    from gmnr.train.loop import changed_training_params, schema_default
+    params = load_params(overrides=["model=mvcgan"])
+    older = params.model_dump(mode="json")
+    del older["mvcgan"]["photometric_on"], older["mvcgan"]["r1_gamma"]
+    assert schema_default("mvcgan.photometric_on") == "rgb" and schema_default("mvcgan.r1_gamma") == 0.2
+    assert changed_training_params(older, params) == []
+    assert changed_training_params(older, load_params(overrides=["model=mvcgan", "mvcgan.photometric_on=features",
+                                                                 "mvcgan.r1_gamma=0.5"])) == [
+        "mvcgan.photometric_on", "mvcgan.r1_gamma"]
+    # keys without a default of their own (inside a dict of sections) are compared as recorded
+    assert schema_default("mvcgan.cameras.ffhq.fov_deg") != 12.0
+    no_camera = params.model_dump(mode="json")
+    del no_camera["mvcgan"]["cameras"]["ffhq"]["fov_deg"]
+    assert changed_training_params(no_camera, params) == ["mvcgan.cameras.ffhq.fov_deg"]
+
+
 def test_snakemake_tracks_no_gmpi_knob_for_mvcgan_but_dvc_lists_gmpi_for_every_model():
     """What each engine can express: DVC one params list for every item of the train foreach
     (tests/test_pipeline.py changes a GMPI knob in a trained project and runs both)."""

@@ -275,14 +275,37 @@ RESUMABLE_KEYS = frozenset({"train.steps", "train.device", "train.checkpoint_eve
 
 def changed_training_params(config: dict, params: Params) -> list[str]:
     """The keys (dotted) that training reads whose value in a checkpoint's ``config`` differs from
-    ``params``, less :data:`RESUMABLE_KEYS`."""
+    ``params``, less :data:`RESUMABLE_KEYS`. A key the checkpoint does not record was added to the
+    schema after it was written; when ``params`` holds that key's schema default (what the code did
+    before the key existed) it is no difference."""
     from gmnr.config import flatten
     from gmnr.pipeline_spec import stage_sections
     sections = ("dataset", *stage_sections(f"train@{params.model}", params))  # what dvc.yaml says it reads
     ours = flatten({k: v for k, v in params.model_dump(mode="json").items() if k in sections})
     theirs = flatten({k: v for k, v in config.items() if k in sections})
     return sorted(k for k in ours.keys() | theirs.keys()
-                  if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
+                  if k not in RESUMABLE_KEYS and ours.get(k, "<absent>") != theirs.get(k, "<absent>")
+                  and not (k not in theirs and ours[k] == schema_default(k)))
+
+
+_NO_DEFAULT = object()
+
+
+def schema_default(dotted: str):
+    """The JSON value of the default :class:`Params` gives the dotted key (``mvcgan.photometric_on``), or a
+    marker equal to nothing when it has none of its own (a required field, a key inside a dict of sections)."""
+    import pydantic
+    model = Params
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel)):
+            return _NO_DEFAULT
+        model = field.annotation
+    field = model.model_fields.get(leaf)
+    if field is None or field.is_required():
+        return _NO_DEFAULT
+    return pydantic.TypeAdapter(field.annotation).dump_python(field.get_default(call_default_factory=True), mode="json")
 
 
 def _renew_times(run_dir: Path) -> None:
