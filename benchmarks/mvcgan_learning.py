@@ -6,11 +6,13 @@ script.
     python benchmarks/mvcgan_learning.py                                  # variant published-32, 2,000 steps
     python benchmarks/mvcgan_learning.py --variant demo --steps 100 --every 50
     python benchmarks/mvcgan_learning.py --steps 4000 --every 500 --threads 1
+    python benchmarks/mvcgan_learning.py --variant lr5x-32 --steps 6000 --every 500 --threads 1 --extend-from 3000
 
 Needs the packed demo set (``snakemake --cores all pack``). Trains into
 ``runs/demo/learning/mvcgan-<variant>-<steps>/`` (a folder of its own, with its own copy of the packed set in
 ``mvcgan-<variant>-<steps>-data/`` beside it: nothing of the pipeline's is touched, and a pipeline run beside it cannot change its data;
-a killed run resumes from its last checkpoint when the command is repeated), writes
+a killed run resumes from its last checkpoint when the command is repeated; ``--extend-from N`` starts a longer
+run from a copy of the finished ``mvcgan-<variant>-<N>`` run and its data), writes
 ``benchmarks/results/mvcgan_learning-<variant>-<steps>.{json,png}``. The sample grids training writes every
 ``--every`` steps are in the run folder's ``samples/`` (the last one copied to ``...-grid.png``); the final
 generator's videos, depth videos and grid (``gmnr render``) in its ``render/`` (five frames of its depth sweep in
@@ -75,6 +77,36 @@ def snapshot_packed_set(params, folder: Path) -> Path:
         shutil.copytree(source, staging)
         staging.rename(target)
     return folder
+
+
+def extend(shorter: Path, out: Path) -> None:
+    """Start ``out`` (a longer run of the same variant) as a copy of the finished run ``shorter`` and of its data
+    copy: training then resumes from its last checkpoint. The shorter run's renders are left behind (they are of
+    its final generator). Each copy is staged and renamed into place; nothing is copied when ``out`` exists."""
+    import shutil
+    if out.exists():
+        return
+    if not (shorter / "final.pt").is_file():
+        raise SystemExit(f"--extend-from: {shorter} holds no finished run (final.pt)")
+    for source, target in ((shorter.with_name(shorter.name + "-data"), out.with_name(out.name + "-data")),
+                           (shorter, out)):
+        if target.exists():
+            continue
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)  # our own leftover from a killed copy
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("render", "render-report"))
+        staging.rename(target)
+
+
+def add_train_seconds(out: Path, seconds: float) -> float:
+    """The training time of the run in ``out`` over every invocation (resumed, extended), kept in the run folder
+    beside its checkpoints, so that a crash after training or a longer run started from a copy keeps it."""
+    path = out / "benchmark-train-seconds.json"
+    total = (json.loads(path.read_text())["train_seconds"] if path.is_file() else 0.0) + seconds
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(json.dumps({"train_seconds": round(total, 1)}) + "\n")
+    staging.replace(path)
+    return total
 
 
 def figures(run: Path, stem: Path) -> None:
@@ -143,12 +175,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250, help="checkpoint (and FID) every N steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--extend-from", type=int, metavar="STEPS",
+                        help="start from a copy of the finished run of this variant with STEPS steps")
     args = parser.parse_args()
     if args.steps < 1 or args.every < 1:
         raise SystemExit("--steps and --every must be positive")
+    if args.extend_from is not None and not 0 < args.extend_from < args.steps:
+        raise SystemExit(f"--extend-from must be between 0 and --steps ({args.steps}), got {args.extend_from}")
     torch.set_num_threads(args.threads)
     name = f"mvcgan-{args.variant}-{args.steps}"
     out = ROOT / "runs" / "demo" / "learning" / name
+    if args.extend_from is not None:
+        extend(out.with_name(f"mvcgan-{args.variant}-{args.extend_from}"), out)
     # Train and measure on a copy of the packed set made at the first start: a pipeline run beside this one
     # (which repacks data/processed/demo when its inputs change, swapping the folder whole) would otherwise
     # pull the images from under the trainer, and a resumed run would see other images than its start.
@@ -164,7 +202,7 @@ def main() -> None:
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     if done.returncode != 0:
         raise SystemExit(f"{name}: training failed (exit {done.returncode})")
-    train_s = time.time() - start
+    train_s = add_train_seconds(out, time.time() - start)
 
     params = load_params(ROOT / "params.yaml", overrides)
     G, *_ = _load(params, out / "final.pt", "init", torch.device("cpu"))  # the trainer's seeded start
@@ -178,9 +216,6 @@ def main() -> None:
         geometry[step] = field_geometry(G, ckpt_params)
         print(f"step {step}: FID {curve[-1][1]}, field {geometry[step]}", flush=True)
     results = ROOT / "benchmarks" / "results"
-    previous = results / f"mvcgan_learning-{args.variant}-{args.steps}.json"
-    if json.loads((out / "train.json").read_text()).get("resumed_from") and previous.is_file():
-        train_s += json.loads(previous.read_text()).get("train_seconds", 0.0)  # a resumed run adds its time
     result = {"variant": args.variant, "overrides": overrides, "train_seconds": round(train_s, 1),
               "threads": args.threads, "fid_init": init, "fid_by_step": dict(curve), "field_by_step": geometry,
               "best": min(curve, key=lambda c: c[1]) if curve else None}
