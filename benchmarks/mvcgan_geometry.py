@@ -86,10 +86,40 @@ def relief(depth: Tensor) -> Tensor:
     """[B]: mean depth over the middle half of the rays (each way) minus the mean over the two outermost rings;
     negative when the middle is nearer (a head in front of a background)."""
     r = depth.shape[-1]
-    middle = depth[..., r // 4: r - r // 4, r // 4: r - r // 4].flatten(1).mean(1)
     ring = torch.ones(r, r, dtype=torch.bool, device=depth.device)
     ring[2:-2, 2:-2] = False
-    return middle - depth[..., ring].mean(-1).flatten(1).mean(1)
+    return middle(depth) - depth[..., ring].mean(-1).flatten(1).mean(1)
+
+
+def middle(depth: Tensor) -> Tensor:
+    """[B]: mean depth over the middle half of the rays (each way), where the face is in every demo image."""
+    r = depth.shape[-1]
+    return depth[..., r // 4: r - r // 4, r // 4: r - r // 4].flatten(1).mean(1)
+
+
+def demo_truth(resolution: int, seed: int, heads: int = 8) -> dict:
+    """The demo heads' own depth, seen as MVCGAN sees them: the synthetic identities of images 0..``heads``-1 (of
+    the demo set made with ``seed``,
+    rendered frontally by the demo's camera (gmnr.data.synth: fov 12.6, radius 1; MVCGAN's fov 12 frames them
+    within 5 %) at ``resolution`` rays: the mean depth over the middle half (all face) and the nearest point.
+    The demo's background is painted in screen space: it has no depth to compare."""
+    import numpy as np
+
+    from gmnr.data.synth import render_head, sample_head
+    from gmnr.data.synth.dataset import FFHQ_CAMERA, sample_view
+    from gmnr.render.camera import intrinsics_from_fov
+    k = intrinsics_from_fov(FFHQ_CAMERA.fov_deg, resolution)
+    front = pose_to_cam2world(torch.zeros(1), torch.zeros(1), 0.0, FFHQ_CAMERA.radius)[0]
+    middles, nearest = [], []
+    for index in range(heads):
+        head = sample_head(np.random.default_rng(sample_view(seed, index, FFHQ_CAMERA, 0.0)["identity_seed"]))
+        out = render_head(head, front, k, resolution, resolution, antialias=False)
+        depth, mask = torch.from_numpy(out["depth"]), torch.from_numpy(out["mask"])
+        q = resolution // 4
+        centre, covered = depth[q:resolution - q, q:resolution - q], mask[q:resolution - q, q:resolution - q]
+        middles.append(float(centre[covered].mean()))
+        nearest.append(float(depth[mask].min()))
+    return {"heads": heads, "middle_depth": round(sum(middles) / heads, 4), "nearest": round(min(nearest), 4)}
 
 
 def relation(y: Tensor, x: Tensor) -> dict:
@@ -137,6 +167,8 @@ def generator_geometry(G, params, latents: int = 8, seed: int = 0) -> dict:
         return sum(losses) / len(losses)
     return {"feature_relief": round(float(relief(feature_depth).mean()), 4),
             "density_relief": round(float(relief(density_depth).mean()), 4),
+            "feature_middle_depth": round(float(middle(feature_depth).mean()), 4),
+            "density_middle_depth": round(float(middle(density_depth).mean()), 4),
             "density_on_feature_depth": relation(density_depth, feature_depth),
             # The field's own RGB, which only the photometric loss trains (as published): how much image it
             # holds, and whether that loss can tell the density's depth from a flat plane mid-range.
@@ -190,12 +222,14 @@ def main() -> None:
         last = (geometry.pop("_maps"), G.cfg.ray_range, int(state["step"]))
         by_step[int(state["step"])] = geometry
         print(f"step {int(state['step'])}: {geometry}", flush=True)
+    truth = demo_truth(last[0][1].shape[-1], params.seed)  # at the last checkpoint's ray resolution
+    print(f"the demo heads themselves: {truth}", flush=True)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"mvcgan_geometry-{args.run.resolve().name}"
     stem.with_suffix(".json").write_text(json.dumps(
         {"run": args.run.resolve().name, "latents": args.latents, "aux_poses": AUX_POSES,
-         "sweep_planes": SWEEP_PLANES, "by_step": by_step}, indent=2) + "\n")
+         "sweep_planes": SWEEP_PLANES, "demo_truth": truth, "by_step": by_step}, indent=2) + "\n")
     maps, (near, far), step = last
     figure(maps, near, far, f"{args.run.resolve().name}, step {step}: feature depth by multi-view stereo on the "
            "generator's features,\ndensity depth = its expected depth (what the depth video shows)",
