@@ -101,11 +101,10 @@ def extend(shorter: Path, out: Path) -> None:
 def add_train_seconds(out: Path, seconds: float) -> float:
     """The training time of the run in ``out`` over every invocation (resumed, extended), kept in the run folder
     beside its checkpoints, so that a crash after training or a longer run started from a copy keeps it."""
+    from gmnr.io import atomic_write
     path = out / "benchmark-train-seconds.json"
     total = (json.loads(path.read_text())["train_seconds"] if path.is_file() else 0.0) + seconds
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps({"train_seconds": round(total, 1)}) + "\n")
-    staging.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"train_seconds": round(total, 1)}) + "\n"))
     return total
 
 
